@@ -1,0 +1,96 @@
+"""Features Replay (Huo, Gu, Huang, NeurIPS 2018): the schedule and a stage's compute.
+
+Stage k < K-1 in iteration t forwards batch t without a graph and stores its
+input; it then replays batch t-(K-1-k) from the stored input with its current
+weights and backpropagates the error gradient that stage k+1 computed for that
+batch in iteration t-1. Nothing waits on a backward lock. For K = 3:
+
+    iteration   stage 0        stage 1        stage 2
+    0           F0             F0             B0
+    1           F1             F1  R0         B1
+    2           F2  R0         F2  R1         B2
+    t           Ft  R(t-2)     Ft  R(t-1)     Bt
+    T (drain)       R(T-2)         R(T-1)
+    T+1 (drain)     R(T-1)
+
+The receive of the gradient is posted before the forward, so it arrives while
+the forward computes. K = 1 is plain backpropagation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from fr_dist.algos.base import Action, Worker, last_stage, source
+from fr_dist.ring import RingBuffer
+
+
+def iterations(stage: int, K: int, T: int) -> int:
+    """T forwards, then K-1-k drain iterations that only replay."""
+    return T + K - 1 - stage
+
+
+def schedule(stage: int, K: int, t: int, T: int) -> list[Action]:
+    """Actions of `stage` in iteration t of a run of T batches."""
+    if stage == K - 1:
+        return last_stage(stage, t) if t < T else []
+    replayed = t - (K - 1 - stage)  # batch whose gradient stage k+1 sent in iteration t-1
+    replay = 0 <= replayed < T
+    acts = [Action("post_g", replayed)] if replay else []
+    if t < T:
+        acts += [source(stage, t), Action("forward", t), Action("send_x", t)]
+    if replay:
+        acts.append(Action("backward", replayed))
+        if stage > 0:
+            acts.append(Action("send_g", replayed))
+        acts.append(Action("step", replayed))
+    return acts
+
+
+class Worker(Worker):
+    """A non-last FR stage: forward without a graph, replay from the ring buffer."""
+
+    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec):
+        super().__init__(module, stage, K, device, optimizer, lr_of, in_spec)
+        shape, dtype = in_spec
+        self.ring = RingBuffer(K - stage, shape, dtype, device) if stage < K - 1 else None
+        # (running buffer, its saved copy): the replay must leave BatchNorm
+        # statistics as the forward left them.
+        self.bn_state = [
+            (buf, buf.clone())
+            for m in module.modules() if isinstance(m, _BatchNorm)
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None
+        ]
+        self.cuda = device.type == "cuda"
+
+    @property
+    def peak_mem_bytes(self) -> int:
+        return (self.ring.nbytes if self.ring else 0) + self.graph_bytes.peak
+
+    def forward(self, batch: int, x: torch.Tensor) -> torch.Tensor:
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.cuda else None
+        with torch.no_grad():
+            h = self.module(x)
+        self.ring.push(batch, x, cpu_rng, cuda_rng)
+        return h
+
+    def backward(self, batch: int, grad: torch.Tensor) -> torch.Tensor | None:
+        x, cpu_rng, cuda_rng = self.ring.pop(batch)  # raises unless the oldest is `batch`
+        x = x.detach().requires_grad_(self.stage > 0)
+        for buf, saved in self.bn_state:
+            saved.copy_(buf)
+        # Same dropout masks as the forward, without advancing the stream.
+        with torch.random.fork_rng(devices=[self.device] if self.cuda else []):
+            torch.set_rng_state(cpu_rng)
+            if self.cuda:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
+            with self.graph_bytes(x):
+                h = self.module(x)
+        h.backward(grad)
+        # After backward, not before: autograd saved the running buffers with
+        # the BatchNorm node, and an in-place change before backward is an error.
+        for buf, saved in self.bn_state:
+            buf.copy_(saved)
+        return x.grad

@@ -1,0 +1,125 @@
+"""The one configuration schema: typed, documented, validated once at start-up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fr_dist.errors import FRError
+
+ALGOS = ("fr", "bp")
+DATASETS = ("synthetic", "fashion_mnist", "cifar10", "cifar100")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "fr"  # fr, bp
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    data_root: Optional[str] = None  # where dataset files live (searched first)
+    shape: list = field(default_factory=lambda: [3, 32, 32])  # synthetic only: C, H, W
+    classes: int = 10  # synthetic only
+    train_size: int = 2048  # synthetic only
+    test_size: int = 512  # synthetic only
+    augment: bool = False  # crop with padding 4 and horizontal flip (training only)
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # constant, step, cosine, onecycle
+    milestones: list = field(default_factory=list)  # step: epochs where lr *= gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0  # linear warm-up from 0; onecycle defaults to 30% when 0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "${oc.env:WANDB_MODE,offline}"  # online, offline, disabled
+    project: str = "fr_dist"
+    group: Optional[str] = None
+
+
+@dataclass
+class Config:
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    splits: int = 1  # K stages, one process each: must equal the world size
+    model: Any = None  # dict: name (mlp, resnet8..110, resnet164) or _target_ returning blocks
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 1
+    max_steps: Optional[int] = None  # caps the number of training batches (null = no cap)
+    batch_size: int = 128
+    seed: int = 0
+    threads_per_rank: Optional[int] = None  # null: cores / ranks
+    eval_every: int = 1  # epochs between evaluations (the final one is after the drain)
+    log_every: int = 10  # steps between metrics rows
+    partition: Any = "uniform"  # uniform, or a list of K-1 cut indices into the block list
+    fail_timeout_s: float = 60.0  # how long a rank waits for a dead peer
+    progress: bool = True  # progress bar on the reporting rank
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def validate(cfg: DictConfig, world_size: int) -> Config:
+    """Check `cfg` against the schema and the launch; return it typed.
+
+    Raises FRError naming the bad value and the fix. Runs identically on every
+    rank, so every rank reaches the same verdict without talking to the others.
+    """
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        c: Config = OmegaConf.to_object(merged)  # also resolves interpolations
+    except OmegaConfBaseException as e:
+        raise FRError(f"bad configuration: {e.msg if hasattr(e, 'msg') else e}".strip()) from None
+    if c.algo.name not in ALGOS:
+        raise FRError(f"unknown algo {c.algo.name!r}: choose one of {', '.join(ALGOS)} (algo=fr)")
+    if c.data.name not in DATASETS:
+        raise FRError(f"unknown data {c.data.name!r}: choose one of {', '.join(DATASETS)}")
+    if c.optim.name != "sgd":
+        raise FRError(f"unknown optimizer {c.optim.name!r}: only sgd is available (optim=sgd)")
+    if c.optim.schedule.name not in SCHEDULES:
+        raise FRError(f"unknown lr schedule {c.optim.schedule.name!r}: choose one of {', '.join(SCHEDULES)}")
+    for key in ("batch_size", "epochs", "splits", "eval_every", "log_every"):
+        if getattr(c, key) < 1:
+            raise FRError(f"{key}={getattr(c, key)} must be a positive integer")
+    if c.max_steps is not None and c.max_steps < 1:
+        raise FRError(f"max_steps={c.max_steps} must be positive or null")
+    if c.optim.lr <= 0:
+        raise FRError(f"optim.lr={c.optim.lr} must be positive")
+    if c.splits != world_size:
+        raise FRError(
+            f"splits={c.splits} but the world size is {world_size}: launch one process per stage "
+            f"(torchrun --nproc_per_node={c.splits} ...) or set splits={world_size}"
+        )
+    if not isinstance(c.model, dict) or not ("name" in c.model or "_target_" in c.model):
+        raise FRError("model is not set: choose one with model=mlp, model=resnet20, ...")
+    from fr_dist.models import MODELS
+
+    if "_target_" not in c.model and c.model["name"] not in MODELS:
+        raise FRError(f"unknown model {c.model['name']!r}: choose one of {', '.join(MODELS)}, or give model._target_")
+    if c.optim.nesterov and c.optim.momentum <= 0:
+        raise FRError(f"optim.nesterov=true needs optim.momentum > 0 (got {c.optim.momentum})")
+    if c.fail_timeout_s <= 0:
+        raise FRError(f"fail_timeout_s={c.fail_timeout_s} must be positive")
+    if c.wandb.mode not in ("online", "offline", "disabled"):
+        raise FRError(f"wandb.mode={c.wandb.mode!r}: choose online, offline or disabled")
+    if c.threads_per_rank is None:
+        c.threads_per_rank = max(1, (os.cpu_count() or 1) // world_size)
+    return c

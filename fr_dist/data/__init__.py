@@ -1,0 +1,95 @@
+"""Datasets in memory, a deterministic sampler, and batches by batch id.
+
+Training batch b belongs to epoch b // steps_per_epoch; each epoch is a
+permutation drawn from (seed, epoch) and the last partial batch is dropped, so
+every link carries one fixed shape. Stage 0 and the last stage compute the same
+indices independently: the last stage gets exactly the labels of its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fr_dist.data.augment import augment
+from fr_dist.errors import FRError
+
+
+class Batches:
+    """Training and test batches of one dataset, addressed by batch id."""
+
+    def __init__(self, train_x, train_y, test_x, test_y, classes: int, batch_size: int, seed: int,
+                 mean=None, std=None, augment: bool = False):
+        if len(train_y) < batch_size:
+            raise FRError(
+                f"batch_size={batch_size} is larger than the {len(train_y)} training samples: "
+                f"use batch_size <= {len(train_y)}"
+            )
+        self.train_x, self.train_y, self.test_x, self.test_y = train_x, train_y, test_x, test_y
+        self.classes, self.batch_size, self.seed, self.augment = classes, batch_size, seed, augment
+        c = train_x.shape[1]
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) if mean else None
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1) if std else None
+        self.steps_per_epoch = len(train_y) // batch_size
+        self.test_batches = -(-len(test_y) // batch_size)
+        self._perm_epoch, self._perm = -1, None
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    def indices(self, batch: int) -> torch.Tensor:
+        epoch, i = divmod(batch, self.steps_per_epoch)
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.train_y), generator=g), epoch
+        return self._perm[i * self.batch_size:(i + 1) * self.batch_size]
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x
+
+    def inputs(self, batch: int) -> torch.Tensor:
+        """Float inputs of training batch `batch`, augmented when configured."""
+        x = self.train_x[self.indices(batch)]
+        if self.augment:
+            # Its own generator: the global RNG belongs to dropout and its replay.
+            x = augment(x, torch.Generator().manual_seed(self.seed * 1_000_003 + batch))
+        return self._normalize(x)
+
+    def labels(self, batch: int) -> torch.Tensor:
+        return self.train_y[self.indices(batch)]
+
+    def test_inputs(self, e: int) -> torch.Tensor:
+        """Test batch e, zero-padded to batch_size so that it fits the links."""
+        x = self._normalize(self.test_x[e * self.batch_size:(e + 1) * self.batch_size])
+        if len(x) < self.batch_size:
+            x = torch.cat([x, x.new_zeros(self.batch_size - len(x), *x.shape[1:])])
+        return x
+
+    def test_labels(self, e: int) -> torch.Tensor:
+        """Labels of the real samples of test batch e (fewer than batch_size at the end)."""
+        return self.test_y[e * self.batch_size:(e + 1) * self.batch_size]
+
+
+def load(data, batch_size: int, seed: int) -> Batches:
+    """Batches for the `data` config section (see config.DataConfig)."""
+    if data.name == "synthetic":
+        from fr_dist.data.synthetic import make_synthetic
+
+        if data.train_size < 1 or data.test_size < 1 or data.classes < 2:
+            raise FRError("synthetic data needs train_size >= 1, test_size >= 1 and classes >= 2")
+        tensors = make_synthetic(tuple(data.shape), data.classes, data.train_size, data.test_size, seed)
+        return Batches(*tensors, data.classes, batch_size, seed, augment=data.augment)
+    if data.name == "fashion_mnist":
+        from fr_dist.data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+
+        tensors = load_fashion_mnist(data.data_root)
+        return Batches(*tensors, 10, batch_size, seed, FASHION_MNIST_MEAN, FASHION_MNIST_STD, data.augment)
+    from fr_dist.data import cifar
+
+    classes = 10 if data.name == "cifar10" else 100
+    mean, std = (cifar.CIFAR10_MEAN, cifar.CIFAR10_STD) if classes == 10 else (cifar.CIFAR100_MEAN, cifar.CIFAR100_STD)
+    return Batches(*cifar.load_cifar(data.data_root, classes), classes, batch_size, seed, mean, std, data.augment)

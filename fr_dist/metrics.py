@@ -1,0 +1,54 @@
+"""Run outputs of the reporting rank (the last stage): metrics.jsonl, summary.json, W&B."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class Reporter:
+    """Writes one JSON row per logged step, the summary, and mirrors rows to W&B.
+
+    Only the last stage makes one: it holds the loss. Steps are monotonic.
+    """
+
+    def __init__(self, run_dir: Path, wandb_cfg, config: dict, name: str):
+        self.run_dir = run_dir
+        self.rows = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        self.wandb = None
+        if wandb_cfg.mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(
+                mode=wandb_cfg.mode, project=wandb_cfg.project, group=wandb_cfg.group,
+                name=name, dir=str(run_dir), config=config, resume="allow", id=self._run_id(),
+            )
+
+    def _run_id(self) -> str:
+        """The W&B run id kept in the run directory, so a restarted job continues its run."""
+        path = self.run_dir / "wandb_id.txt"
+        if not path.exists():
+            import wandb
+
+            path.write_text(wandb.util.generate_id())
+        return path.read_text().strip()
+
+    def log(self, row: dict) -> None:
+        self.rows.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def summary(self, summary: dict) -> None:
+        path = self.run_dir / "summary.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, path)
+        if self.wandb is not None:
+            self.wandb.summary.update({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
+
+    def close(self) -> None:
+        self.rows.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None

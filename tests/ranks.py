@@ -1,0 +1,57 @@
+"""Start K ranks of `python -m fr_dist.train` as plain processes (no torchrun).
+
+Without torchrun's agent in between, each rank's own exit code and output are
+visible, which is what the failure tests need.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Rank:
+    returncode: int
+    out: str
+    err: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(K: int, overrides: list[str], timeout: float = 180, world: int | None = None) -> list[Rank]:
+    """Run `world` (default K) ranks with `splits=K` and `overrides`; wait for all.
+
+    Raises AssertionError if any rank is still running after `timeout` (a hang).
+    """
+    world = K if world is None else world
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(world),
+               OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "fr_dist.train", f"splits={K}", "progress=false", *overrides]
+    procs = [
+        subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for r in range(world)
+    ]
+    deadline = time.monotonic() + timeout
+    results = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            results.append(Rank(p.returncode, out, err))
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"ranks still running after {timeout} s: a hang") from None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return results

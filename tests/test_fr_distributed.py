@@ -1,0 +1,112 @@
+"""Distributed FR on gloo against the single-process reference, and start-up failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fr_dist import data as datasets
+from fr_dist.config import validate
+from fr_dist.lr import make_lr
+from fr_dist.models import build_blocks
+from fr_dist.partition import stage_cuts
+from fr_dist.reference import backprop, features_replay
+from fr_dist.train import compose, stage_seed
+from tests.ranks import run_ranks
+
+# Small and seeded: 2 epochs, so the run crosses an epoch boundary (with an
+# evaluation in between) and has more batches than the deepest pipeline.
+MLP = ["model=mlp", "model.hidden=[12,10,8]", "model.dropout=0.25", "data.shape=[1,5,5]", "data.classes=4",
+       "data.train_size=56", "data.test_size=13", "batch_size=8", "epochs=2"]
+RESNET8 = ["model=resnet8", "model.width=4", "data.shape=[3,8,8]", "data.classes=3", "data.train_size=40",
+           "data.test_size=11", "batch_size=8", "epochs=2", "optim.nesterov=true"]
+COMMON = ["seed=3", "log_every=1", "threads_per_rank=1", "optim.lr=0.05"]
+
+
+def reference(K: int, overrides: list[str]):
+    """Per-stage state dicts and losses of the single-process simulator."""
+    c = validate(compose([f"splits={K}", *overrides]), world_size=K)
+    data = datasets.load(c.data, c.batch_size, c.seed)
+    torch.manual_seed(c.seed)
+    blocks = build_blocks(c.model, data.in_shape, data.classes)
+    cuts = stage_cuts(len(blocks), K, c.partition)
+    stages = [nn.Sequential(*blocks[a:b]) for a, b in zip(cuts, cuts[1:])]
+    T = c.epochs * data.steps_per_epoch
+    batches = [(data.inputs(b), data.labels(b)) for b in range(T)]
+    lr_of = make_lr(c.optim, data.steps_per_epoch, T)
+    o = c.optim
+
+    def make_optimizer(params):
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+
+    torch.set_num_threads(1)  # the ranks run one thread each: same reduction order
+    if K == 1:
+        losses = backprop(stages[0], batches, lr_of, make_optimizer, stage_seed(c.seed, 0))
+    else:
+        losses = features_replay(stages, batches, lr_of, make_optimizer, [stage_seed(c.seed, k) for k in range(K)])
+    return [s.state_dict() for s in stages], losses
+
+
+def distributed(K: int, overrides: list[str], run_dir):
+    ranks = run_ranks(K, [*overrides, f"hydra.run.dir={run_dir}"])
+    for r, rank in enumerate(ranks):
+        assert rank.returncode == 0, f"rank {r} failed:\n{rank.err[-3000:]}"
+    states = [torch.load(run_dir / "checkpoints" / f"final_stage{k}.pt")["model"] for k in range(K)]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return states, [r["loss"] for r in rows if "loss" in r], summary
+
+
+def assert_states_equal(got, want):
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert g.keys() == w.keys()
+        for name in w:
+            assert torch.equal(g[name], w[name]), f"stage {k} {name}: max diff {(g[name] - w[name]).abs().max()}"
+
+
+@pytest.mark.parametrize("K,model", [(1, "mlp"), (1, "resnet8"), (2, "mlp"), (3, "mlp"), (4, "mlp"),
+                                     (2, "resnet8"), (3, "resnet8"), (4, "resnet8")])
+def test_distributed_fr_equals_reference(K, model, tmp_path):
+    """Bit for bit: the same arithmetic in the same order, one thread per rank.
+
+    K = 1 is compared with plain backprop; parameters and BatchNorm buffers of
+    every stage after the drain, and every per-step loss.
+    """
+    overrides = (MLP if model == "mlp" else RESNET8) + COMMON + ["algo=fr"]
+    want_states, want_losses = reference(K, overrides)
+    got_states, got_losses, summary = distributed(K, overrides, tmp_path)
+    assert got_losses == want_losses
+    assert_states_equal(got_states, want_states)
+    assert summary["status"] == "ok" and summary["steps"] == len(want_losses) and summary["splits"] == K
+    assert [s["rank"] for s in summary["stages"]] == list(range(K))
+    assert 0 <= summary["test_acc"] <= 1
+
+
+def assert_one_clear_error(ranks, match: str):
+    """Every rank exits non-zero, exactly one prints the message, no traceback through fr_dist."""
+    for r, rank in enumerate(ranks):
+        assert rank.returncode != 0, f"rank {r} exited 0"
+    messages = [line for rank in ranks for line in rank.err.splitlines() if "error:" in line]
+    assert len(messages) == 1, messages
+    assert match in messages[0], messages[0]
+    assert messages[0].startswith("[stage ")
+    assert not any("Traceback" in rank.err for rank in ranks), [rank.err for rank in ranks]
+
+
+def test_splits_not_world_size(tmp_path):
+    ranks = run_ranks(3, ["model=mlp", f"hydra.run.dir={tmp_path}"], world=2, timeout=60)
+    assert_one_clear_error(ranks, "splits=3 but the world size is 2")
+
+
+def test_unknown_model(tmp_path):
+    ranks = run_ranks(2, ["model.name=vgg", f"hydra.run.dir={tmp_path}"], timeout=60)
+    assert_one_clear_error(ranks, "unknown model 'vgg'")
+
+
+def test_more_splits_than_blocks(tmp_path):
+    ranks = run_ranks(3, ["model=mlp", "model.hidden=[8]", "data.shape=[1,4,4]", f"hydra.run.dir={tmp_path}"],
+                      timeout=60)
+    assert_one_clear_error(ranks, "splits=3 is larger than the model's 2 blocks")

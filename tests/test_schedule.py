@@ -1,0 +1,136 @@
+"""The schedules as data: exact actions for small K, and the send/recv order NCCL needs."""
+
+from __future__ import annotations
+
+import pytest
+
+from fr_dist.algos import ALGOS, fr
+from fr_dist.algos.base import eval_schedule
+
+
+def program(algo, stage: int, K: int, T: int) -> list[str]:
+    return [" ".join(map(str, algo.schedule(stage, K, t, T))) for t in range(algo.iterations(stage, K, T))]
+
+
+# Written out by hand from DESIGN section 1. L: load, Y: labels, Rx/Sx: receive/send
+# activations, Pg: post gradient receive, F: forward, B: replay+backward,
+# FB: last stage forward+loss+backward, Sg: send input gradient, U: update.
+FR_BY_HAND = {
+    (1, 3): [["L0 Y0 FB0 U0", "L1 Y1 FB1 U1", "L2 Y2 FB2 U2"]],
+    (2, 3): [
+        ["L0 F0 Sx0", "Pg0 L1 F1 Sx1 B0 U0", "Pg1 L2 F2 Sx2 B1 U1", "Pg2 B2 U2"],
+        ["Rx0 Y0 FB0 Sg0 U0", "Rx1 Y1 FB1 Sg1 U1", "Rx2 Y2 FB2 Sg2 U2"],
+    ],
+    (3, 4): [
+        ["L0 F0 Sx0", "L1 F1 Sx1", "Pg0 L2 F2 Sx2 B0 U0", "Pg1 L3 F3 Sx3 B1 U1", "Pg2 B2 U2", "Pg3 B3 U3"],
+        ["Rx0 F0 Sx0", "Pg0 Rx1 F1 Sx1 B0 Sg0 U0", "Pg1 Rx2 F2 Sx2 B1 Sg1 U1", "Pg2 Rx3 F3 Sx3 B2 Sg2 U2",
+         "Pg3 B3 Sg3 U3"],
+        ["Rx0 Y0 FB0 Sg0 U0", "Rx1 Y1 FB1 Sg1 U1", "Rx2 Y2 FB2 Sg2 U2", "Rx3 Y3 FB3 Sg3 U3"],
+    ],
+    # Fewer batches than the pipeline is deep: stage 0 idles for one iteration.
+    (4, 2): [
+        ["L0 F0 Sx0", "L1 F1 Sx1", "", "Pg0 B0 U0", "Pg1 B1 U1"],
+        ["Rx0 F0 Sx0", "Rx1 F1 Sx1", "Pg0 B0 Sg0 U0", "Pg1 B1 Sg1 U1"],
+        ["Rx0 F0 Sx0", "Pg0 Rx1 F1 Sx1 B0 Sg0 U0", "Pg1 B1 Sg1 U1"],
+        ["Rx0 Y0 FB0 Sg0 U0", "Rx1 Y1 FB1 Sg1 U1"],
+    ],
+    (4, 5): [
+        ["L0 F0 Sx0", "L1 F1 Sx1", "L2 F2 Sx2", "Pg0 L3 F3 Sx3 B0 U0", "Pg1 L4 F4 Sx4 B1 U1",
+         "Pg2 B2 U2", "Pg3 B3 U3", "Pg4 B4 U4"],
+        ["Rx0 F0 Sx0", "Rx1 F1 Sx1", "Pg0 Rx2 F2 Sx2 B0 Sg0 U0", "Pg1 Rx3 F3 Sx3 B1 Sg1 U1",
+         "Pg2 Rx4 F4 Sx4 B2 Sg2 U2", "Pg3 B3 Sg3 U3", "Pg4 B4 Sg4 U4"],
+        ["Rx0 F0 Sx0", "Pg0 Rx1 F1 Sx1 B0 Sg0 U0", "Pg1 Rx2 F2 Sx2 B1 Sg1 U1", "Pg2 Rx3 F3 Sx3 B2 Sg2 U2",
+         "Pg3 Rx4 F4 Sx4 B3 Sg3 U3", "Pg4 B4 Sg4 U4"],
+        ["Rx0 Y0 FB0 Sg0 U0", "Rx1 Y1 FB1 Sg1 U1", "Rx2 Y2 FB2 Sg2 U2", "Rx3 Y3 FB3 Sg3 U3", "Rx4 Y4 FB4 Sg4 U4"],
+    ],
+}
+
+
+@pytest.mark.parametrize("K,T", sorted(FR_BY_HAND))
+def test_fr_schedule_exact(K, T):
+    assert [program(fr, k, K, T) for k in range(K)] == FR_BY_HAND[(K, T)]
+
+
+def test_eval_schedule_exact():
+    assert [" ".join(map(str, eval_schedule(k, 3, 7))) for k in range(3)] == [
+        "eL7 eF7 eSx7", "eRx7 eF7 eSx7", "eRx7 eY7 eS7"]
+
+
+def flat_program(algo, stage, K, T, steps_per_epoch):
+    """Every action of `stage` in order, with evaluations at epoch ends and after the drain."""
+    acts = []
+    for t in range(algo.iterations(stage, K, T)):
+        acts += algo.schedule(stage, K, t, T)
+        if t < T - 1 and (t + 1) % steps_per_epoch == 0:
+            acts += [a for e in range(2) for a in eval_schedule(stage, K, e)]
+    return acts + [a for e in range(2) for a in eval_schedule(stage, K, e)]
+
+
+def simulate(programs):
+    """Run per-rank programs with blocking receives and buffered sends.
+
+    recv_x blocks until the matching send_x happened; backward blocks until the
+    posted gradient was sent. Returns the per-link message sequences; fails on
+    a deadlock or on a receive that gets another batch than it expects.
+    """
+    K = len(programs)
+    pc = [0] * K
+    sent = {}  # (src, dst) -> [(batch, eval)] in send order
+    taken = {}  # (src, dst) -> how many were received
+    posted = [[] for _ in range(K)]
+    while any(pc[k] < len(programs[k]) for k in range(K)):
+        progress = False
+        for k in range(K):
+            while pc[k] < len(programs[k]):
+                a = programs[k][pc[k]]
+                key = (a.batch, a.eval)
+                if a.op in ("send_x", "send_g"):
+                    dst = k + 1 if a.op == "send_x" else k - 1
+                    sent.setdefault((k, dst), []).append(key)
+                elif a.op in ("recv_x", "backward"):
+                    src = k - 1 if a.op == "recv_x" else k + 1
+                    if a.op == "backward":
+                        assert posted[k] and posted[k][0] == key, f"stage {k}: backward {a} without its posted receive"
+                    n = taken.get((src, k), 0)
+                    if n >= len(sent.get((src, k), [])):
+                        break  # blocked: the message is not there yet
+                    assert sent[(src, k)][n] == key, f"stage {k}: {a} got {sent[(src, k)][n]}"
+                    taken[(src, k)] = n + 1
+                    if a.op == "backward":
+                        posted[k].pop(0)
+                elif a.op == "post_g":
+                    posted[k].append(key)
+                pc[k] += 1
+                progress = True
+        assert progress, "deadlock at " + ", ".join(
+            f"stage {k}: {programs[k][pc[k]]}" for k in range(K) if pc[k] < len(programs[k]))
+    assert all(taken.get(link, 0) == len(msgs) for link, msgs in sent.items()), "a message was never received"
+    return sent
+
+
+@pytest.mark.parametrize("name", sorted(ALGOS))
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("T", [1, 2, 3, 7])
+def test_sends_match_receives_in_order(name, K, T):
+    """For every neighbour pair, one side's sends equal the other's receives, in order."""
+    algo = ALGOS[name]
+    programs = [flat_program(algo, k, K, T, steps_per_epoch=3) for k in range(K)]
+    sent = simulate(programs)
+    for k in range(K - 1):
+        recv_x = [(a.batch, a.eval) for a in programs[k + 1] if a.op == "recv_x"]
+        posted = [(a.batch, a.eval) for a in programs[k] if a.op == "post_g"]
+        assert sent[(k, k + 1)] == recv_x
+        assert sent[(k + 1, k)] == posted
+        assert [b for b, e in sent[(k, k + 1)] if not e] == list(range(T))  # every batch once, in order
+    # The last stage's labels are those of the batches stage 0 loaded, in order.
+    loads = [(a.batch, a.eval) for a in programs[0] if a.op == "load"]
+    labels = [(a.batch, a.eval) for a in programs[-1] if a.op == "labels"]
+    assert loads == labels
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 4])
+def test_every_batch_applied_once_per_stage(K):
+    T = 6
+    for k in range(K):
+        steps = [a.batch for t in range(fr.iterations(k, K, T)) for a in fr.schedule(k, K, t, T) if a.op == "step"]
+        assert steps == list(range(T))
