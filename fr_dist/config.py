@@ -11,14 +11,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fr_dist.errors import FRError
 
-ALGOS = ("fr", "bp")
 DATASETS = ("synthetic", "fashion_mnist", "cifar10", "cifar100")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 
 @dataclass
 class AlgoConfig:
-    name: str = "fr"  # fr, bp
+    name: str = "fr"  # fr, bp (see fr_dist.algos.ALGOS)
 
 
 @dataclass
@@ -88,6 +87,8 @@ def validate(cfg: DictConfig, world_size: int) -> Config:
         c: Config = OmegaConf.to_object(merged)  # also resolves interpolations
     except OmegaConfBaseException as e:
         raise FRError(f"bad configuration: {e.msg if hasattr(e, 'msg') else e}".strip()) from None
+    from fr_dist.algos import ALGOS
+
     if c.algo.name not in ALGOS:
         raise FRError(f"unknown algo {c.algo.name!r}: choose one of {', '.join(ALGOS)} (algo=fr)")
     if c.data.name not in DATASETS:

@@ -13,7 +13,7 @@ import torch
 
 from fr_dist.algos.base import Action, Worker
 
-COMPUTE = ("forward", "backward", "loss", "step", "score")
+COMPUTE = ("forward", "backward", "local_backward", "loss", "step", "score")
 
 
 def eval_id(e: int) -> int:
@@ -71,6 +71,9 @@ class Engine:
 
     def _backward(self, a: Action) -> None:
         self.grad_x = self.worker.backward(a.batch, self.links["g_in"].wait(a.batch))
+
+    def _local_backward(self, a: Action) -> None:
+        self.grad_x = self.worker.local_backward(a.batch)
 
     def _loss(self, a: Action) -> None:
         loss, self.grad_x = self.worker.loss(a.batch, self.x, self.y)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 
@@ -29,9 +30,7 @@ class Reporter:
         """The W&B run id kept in the run directory, so a restarted job continues its run."""
         path = self.run_dir / "wandb_id.txt"
         if not path.exists():
-            import wandb
-
-            path.write_text(wandb.util.generate_id())
+            path.write_text(uuid.uuid4().hex[:12])
         return path.read_text().strip()
 
     def log(self, row: dict) -> None:

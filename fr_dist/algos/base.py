@@ -23,11 +23,13 @@ import torch.nn.functional as F
 # send_x (to k+1, non-blocking), post_g (post the receive of an error gradient
 # from k+1), send_g (input gradient to k-1, non-blocking). Data: load (stage 0's
 # input), labels (last stage's targets). Compute: forward, backward (consumes
-# the posted gradient), loss (last stage: forward, loss, backward), step,
+# the posted gradient), local_backward (a backward with a gradient the stage
+# makes itself, e.g. a synthetic one), loss (last stage: forward, loss, backward), step,
 # score (last stage, evaluation: count correct predictions).
-OPS = ("load", "labels", "recv_x", "send_x", "post_g", "send_g", "forward", "backward", "loss", "step", "score")
+OPS = ("load", "labels", "recv_x", "send_x", "post_g", "send_g", "forward", "backward", "local_backward", "loss",
+       "step", "score")
 _CODE = {"load": "L", "labels": "Y", "recv_x": "Rx", "send_x": "Sx", "post_g": "Pg", "send_g": "Sg",
-         "forward": "F", "backward": "B", "loss": "FB", "step": "U", "score": "S"}
+         "forward": "F", "backward": "B", "local_backward": "BL", "loss": "FB", "step": "U", "score": "S"}
 
 
 @dataclass(frozen=True)
@@ -142,4 +144,9 @@ class Worker:
         raise NotImplementedError
 
     def backward(self, batch: int, grad: torch.Tensor) -> torch.Tensor | None:
+        """Consume the error gradient of `batch` from stage k+1; return the input gradient."""
+        raise NotImplementedError
+
+    def local_backward(self, batch: int) -> torch.Tensor | None:
+        """Backward of `batch` with a gradient the stage makes itself; return the input gradient."""
         raise NotImplementedError

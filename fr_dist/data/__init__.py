@@ -8,6 +8,8 @@ indices independently: the last stage gets exactly the labels of its batch.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 from fr_dist.data.augment import augment
@@ -31,7 +33,9 @@ class Batches:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1) if std else None
         self.steps_per_epoch = len(train_y) // batch_size
         self.test_batches = -(-len(test_y) // batch_size)
-        self._perm_epoch, self._perm = -1, None
+        self._perms: dict[int, torch.Tensor] = {}  # epoch -> permutation (read by two threads)
+        self._prefetch = None  # (batch, future) of the next training inputs
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -39,10 +43,12 @@ class Batches:
 
     def indices(self, batch: int) -> torch.Tensor:
         epoch, i = divmod(batch, self.steps_per_epoch)
-        if epoch != self._perm_epoch:
+        perm = self._perms.get(epoch)
+        if perm is None:  # deterministic: two threads racing here compute the same tensor
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(len(self.train_y), generator=g), epoch
-        return self._perm[i * self.batch_size:(i + 1) * self.batch_size]
+            perm = self._perms[epoch] = torch.randperm(len(self.train_y), generator=g)
+            self._perms.pop(epoch - 2, None)
+        return perm[i * self.batch_size:(i + 1) * self.batch_size]
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
@@ -52,7 +58,19 @@ class Batches:
         return x
 
     def inputs(self, batch: int) -> torch.Tensor:
-        """Float inputs of training batch `batch`, augmented when configured."""
+        """Float inputs of training batch `batch`, augmented when configured.
+
+        Batches are asked for in order, so the next one is prepared in a
+        background thread while the stage computes: off the critical path.
+        """
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="fr_dist-data")
+        ready = self._prefetch
+        x = ready[1].result() if ready and ready[0] == batch else self._make_inputs(batch)
+        self._prefetch = (batch + 1, self._pool.submit(self._make_inputs, batch + 1))
+        return x
+
+    def _make_inputs(self, batch: int) -> torch.Tensor:
         x = self.train_x[self.indices(batch)]
         if self.augment:
             # Its own generator: the global RNG belongs to dropout and its replay.
