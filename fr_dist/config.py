@@ -71,6 +71,9 @@ class Config:
     eval_every: int = 1  # epochs between evaluations (the final one is after the drain)
     log_every: int = 10  # steps between metrics rows
     partition: Any = "uniform"  # uniform, or a list of K-1 cut indices into the block list
+    ckpt_every: int = 500  # steps between checkpoints (0: only at the end)
+    ckpt_keep: int = 2  # complete checkpoints kept
+    resume: Optional[str] = "auto"  # null (start fresh), auto (latest in the run directory) or a path
     fail_timeout_s: float = 60.0  # how long a rank waits for a dead peer
     progress: bool = True  # progress bar on the reporting rank
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -117,6 +120,8 @@ def validate(cfg: DictConfig, world_size: int) -> Config:
         raise FRError(f"unknown model {c.model['name']!r}: choose one of {', '.join(MODELS)}, or give model._target_")
     if c.optim.nesterov and c.optim.momentum <= 0:
         raise FRError(f"optim.nesterov=true needs optim.momentum > 0 (got {c.optim.momentum})")
+    if c.ckpt_every < 0 or c.ckpt_keep < 1:
+        raise FRError(f"ckpt_every={c.ckpt_every} must be >= 0 and ckpt_keep={c.ckpt_keep} >= 1")
     if c.fail_timeout_s <= 0:
         raise FRError(f"fail_timeout_s={c.fail_timeout_s} must be positive")
     if c.wandb.mode not in ("online", "offline", "disabled"):

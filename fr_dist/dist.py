@@ -25,6 +25,16 @@ class Runtime:
     backend: str
     control: "dist.ProcessGroup"  # gloo: metrics, shapes, errors
     groups: dict  # (src, dst) -> process group for tensors sent from src to dst
+    store: "dist.Store | None" = None  # the job's key-value store: failure records, the run directory
+
+    def record(self, key: str, value: str) -> str | None:
+        """Set `key` unless set already; the value that holds (None: store unreachable)."""
+        if self.store is None:
+            return None
+        try:
+            return self.store.compare_set(f"fr_dist/{key}", "", value).decode()
+        except Exception:  # its host is gone (plain launch: rank 0 hosts it)
+            return None
 
 
 def world_size() -> int:
@@ -52,11 +62,15 @@ def init(timeout_s: float) -> Runtime:
         dist.init_process_group("gloo", timeout=timeout)
         backend = "gloo"
     control = dist.new_group(backend="gloo", timeout=timeout)
+    # A second client of the store the job was started with: under torchrun it is
+    # the agent's and outlives restarts, so keys set here survive a restart.
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timedelta(seconds=min(timeout_s, 10)), wait_for_workers=False)
     groups = {}
     for k in range(world - 1):  # every rank creates every group, in the same order
         groups[(k, k + 1)] = dist.new_group([k, k + 1], timeout=timeout)
         groups[(k + 1, k)] = dist.new_group([k, k + 1], timeout=timeout)
-    return Runtime(r, world, device, backend, control, groups)
+    return Runtime(r, world, device, backend, control, groups, store)
 
 
 def shutdown() -> None:

@@ -33,6 +33,14 @@ class Reporter:
             path.write_text(uuid.uuid4().hex[:12])
         return path.read_text().strip()
 
+    def truncate(self, step: int) -> None:
+        """Forget rows after `step`: a resumed run logs them again."""
+        self.rows.close()
+        path = self.run_dir / "metrics.jsonl"
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+        self.rows = open(path, "a", buffering=1)
+
     def log(self, row: dict) -> None:
         self.rows.write(json.dumps(row) + "\n")
         if self.wandb is not None:

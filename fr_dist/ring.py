@@ -53,3 +53,19 @@ class RingBuffer:
         self.size -= 1
         cuda = self.cuda_rng[i] if self.cuda_rng is not None else None
         return self.inputs[i], self.cpu_rng[i], cuda
+
+    def state_dict(self) -> dict:
+        return {"inputs": self.inputs.cpu().clone(), "cpu_rng": [r.clone() for r in self.cpu_rng],
+                "cuda_rng": [r.clone() for r in self.cuda_rng] if self.cuda_rng is not None else None,
+                "batch_ids": list(self.batch_ids), "head": self.head, "size": self.size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["inputs"].shape != self.inputs.shape:
+            raise ValueError(f"ring buffer of shape {tuple(state['inputs'].shape)}, expected {tuple(self.inputs.shape)}")
+        self.inputs.copy_(state["inputs"])
+        for mine, saved in zip(self.cpu_rng, state["cpu_rng"]):
+            mine.copy_(saved)
+        if self.cuda_rng is not None:
+            for mine, saved in zip(self.cuda_rng, state["cuda_rng"]):
+                mine.copy_(saved)
+        self.batch_ids, self.head, self.size = list(state["batch_ids"]), state["head"], state["size"]

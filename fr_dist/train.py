@@ -9,12 +9,11 @@ then executes the algorithm's schedule iteration by iteration.
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import subprocess
 import sys
 import time
 import traceback
-from collections import deque
 from datetime import datetime
 from pathlib import Path
 
@@ -23,8 +22,7 @@ import torch.distributed
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from fr_dist import algos, data as datasets, dist
-from fr_dist.algos.base import eval_schedule
+from fr_dist import algos, checkpoint, data as datasets, dist, loop
 from fr_dist.config import Config, validate
 from fr_dist.engine import Engine
 from fr_dist.errors import FRError
@@ -88,8 +86,17 @@ def together(rt: dist.Runtime, fn, *args):
 
 
 def make_run_dir(rt: dist.Runtime, run_dir: str | None) -> Path:
-    """The job's run directory, chosen once by rank 0 and shared with every rank."""
-    box = [run_dir or datetime.now().strftime("outputs/%Y-%m-%d/%H-%M-%S")]
+    """The job's run directory: chosen once by rank 0, the same on every rank.
+
+    Under torchrun the choice is kept in the agent's store, so a restarted job
+    (``--max-restarts``) finds its run directory, and its checkpoints, again.
+    """
+    box = [None]
+    if rt.rank == 0:
+        box[0] = run_dir or datetime.now().strftime("outputs/%Y-%m-%d/%H-%M-%S")
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+        if run_dir is None and run_id and run_id != "none":
+            box[0] = rt.record(f"run_dir/{run_id}", box[0]) or box[0]
     torch.distributed.broadcast_object_list(box, src=0, group=rt.control)
     path = Path(box[0]).resolve()
 
@@ -133,14 +140,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Stop:
         return 1
+    except loop.Preempted as e:
+        if rt.rank == 0:
+            print(f"[stage 0] stopped by SIGTERM: checkpoint of step {e.args[0]} written; "
+                  f"the same command with resume=auto continues", file=sys.stderr, flush=True)
+        return 143
     finally:
         dist.shutdown()
 
 
-def train(c: Config, raw, rt: dist.Runtime, run_dir: str | None, overrides: list[str]) -> None:
+def setup(c: Config, raw, rt: dist.Runtime, run_dir: str | None, overrides: list[str]) -> loop.Job:
+    """Everything before the first iteration; a user error stops every rank here."""
     k, K, device = rt.rank, rt.world, rt.device
     last = k == K - 1
-    started = time.perf_counter()
     torch.set_num_threads(c.threads_per_rank)
     path = make_run_dir(rt, run_dir)
     if k == 0:
@@ -182,102 +194,113 @@ def train(c: Config, raw, rt: dist.Runtime, run_dir: str | None, overrides: list
                                 weight_decay=c.optim.weight_decay) if params else None
     algo = algos.ALGOS[c.algo.name]
     worker = algo.Worker(module, k, K, device, optimizer, lr_of, in_spec)
-    engine = Engine(worker, data, links, device)
-
     reporter = None
     if last:
         name = f"{c.algo.name}-K{K}-{c.model.get('name', 'custom')}-s{c.seed}"
-        reporter = Reporter(path, c.wandb, dataclasses.asdict(c), name)
+        reporter = together(rt, Reporter, path, c.wandb, dataclasses.asdict(c), name)
+    else:
+        together(rt, lambda: None)
+    meta = {"algo": c.algo.name, "splits": K, "model": dict(c.model), "stage": k, "blocks": [cuts[k], cuts[k + 1]],
+            "batch_size": c.batch_size, "steps": T}
+    return loop.Job(c, rt, path, algo, Engine(worker, data, links, device), module, optimizer, T, steps_per_epoch,
+                    test_batches, test_size, lr_of, reporter, meta, cuts)
+
+
+def resume_from(job: loop.Job) -> int:
+    """The iteration to start from: 0, or where the checkpoint `resume` names left off."""
+    c, rt = job.c, job.rt
+
+    def load():
+        directory = checkpoint.resolve(c.resume, job.run_dir)
+        if directory is None:
+            return None
+        expect = {key: job.meta[key] for key in ("algo", "splits", "model", "stage", "blocks", "batch_size", "steps")}
+        return checkpoint.load_stage(directory, rt.rank, expect)
+
+    state = together(rt, load)
+    if state is None:
+        return 0
+    if job.reporter:
+        job.reporter.truncate(state["meta"]["step"])  # rows logged after the checkpoint are redone
+    start = loop.restore(job, state)
+    if rt.rank == 0:
+        print(f"[stage 0] resumed from step {state['meta']['step']} ({c.resume})", file=sys.stderr, flush=True)
+    return start
+
+
+def train(c: Config, raw, rt: dist.Runtime, run_dir: str | None, overrides: list[str]) -> None:
+    started = time.perf_counter()
+    job = setup(c, raw, rt, run_dir, overrides)
+    k, K = rt.rank, rt.world
     summary = {"algo": c.algo.name, "splits": K, "model": c.model.get("name", c.model.get("_target_")),
                "data": c.data.name, "seed": c.seed, "status": "running"}
     try:
-        result = run_schedule(c, rt, algo, engine, T, steps_per_epoch, test_batches, test_size, reporter, lr_of)
-        summary["status"] = "ok"
+        loop.run(job, resume_from(job))
+    except loop.Preempted:
+        summary["status"] = "preempted"
+        raise
     except Exception as e:
         summary["status"] = f"error: {e}"
-        print(f"[stage {k}] failed: {e}\n[stage {k}] last actions: "
-              f"{' '.join(map(str, engine.history))}", file=sys.stderr, flush=True)
-        if reporter:
-            reporter.summary(summary)
-            reporter.close()
-        raise
-    torch.save({"model": module.state_dict(), "blocks": [cuts[k], cuts[k + 1]]},
-               path / "checkpoints" / f"final_stage{k}.pt")
+        fail(job, e)
+        raise Stop from None
+    finally:
+        if job.reporter and summary["status"] != "running":
+            if summary["status"] != "ok":
+                job.reporter.summary(summary)
+            job.reporter.close()
+    worker, cuts = job.engine.worker, job.cuts
     stage = {"rank": k, "blocks": list(range(cuts[k], cuts[k + 1])),
-             "params": sum(p.numel() for p in module.parameters()),
-             "busy_frac": round(result["busy_s"] / max(result["train_s"], 1e-9), 4),
+             "params": sum(p.numel() for p in job.module.parameters()),
+             "busy_frac": round(job.engine.busy_s / max(job.train_s, 1e-9), 4),
              "peak_mem_bytes": worker.peak_mem_bytes}
-    if device.type == "cuda":
-        stage["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+    if rt.device.type == "cuda":
+        stage["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(rt.device)
     stages = [None] * K
     torch.distributed.all_gather_object(stages, stage, group=rt.control)
-    if reporter:
+    if job.reporter:
         summary.update({
-            "steps": T, "epochs": -(-T // steps_per_epoch),
-            "final_train_loss": result["final_train_loss"], "test_acc": result["test_acc"],
-            "best_test_acc": result["best_test_acc"], "wall_s": round(time.perf_counter() - started, 3),
-            "samples_per_s": round(T * c.batch_size / max(result["train_s"], 1e-9), 2),
+            "status": "ok", "steps": job.T, "epochs": -(-job.T // job.steps_per_epoch),
+            "final_train_loss": sum(job.recent) / len(job.recent) if job.recent else None,
+            "test_acc": job.test_acc, "best_test_acc": job.best_test_acc,
+            "wall_s": round(time.perf_counter() - started, 3),
+            "samples_per_s": round(job.T * c.batch_size / max(job.train_s, 1e-9), 2),
             "versions": {"torch": torch.__version__, "fr_dist": git_revision()},
-            "device": device.type, "threads_per_rank": c.threads_per_rank,
+            "device": rt.device.type, "threads_per_rank": c.threads_per_rank,
             "partition": cuts[1:-1], "stages": stages,
         })
-        reporter.summary(summary)
-        reporter.close()
-        print(f"[stage {k}] done: {T} steps, test_acc {result['test_acc']:.4f}, "
-              f"{summary['samples_per_s']} samples/s; outputs in {path}", flush=True)
+        job.reporter.summary(summary)
+        job.reporter.close()
+        print(f"[stage {k}] done: {job.T} steps, test_acc {job.test_acc:.4f}, "
+              f"{summary['samples_per_s']} samples/s; outputs in {job.run_dir}", flush=True)
 
 
-def run_schedule(c, rt, algo, engine, T, steps_per_epoch, test_batches, test_size, reporter, lr_of) -> dict:
-    """Execute the iterations of this rank; evaluate in lockstep at epoch ends."""
-    from tqdm import tqdm
+def fail(job: loop.Job, e: Exception) -> None:
+    """One message per failure: the rank where it began speaks, the others stay quiet.
 
-    k, K = rt.rank, rt.world
-    eval_s, best, test_acc = 0.0, 0.0, None
-    window_start, logged = time.perf_counter(), 0
-    recent = deque(maxlen=50)
-    bar = tqdm(total=T, disable=reporter is None or not c.progress, unit="batch", dynamic_ncols=True, file=sys.stderr)
-
-    def evaluate(step: int) -> None:
-        nonlocal eval_s, best, test_acc
-        start, busy = time.perf_counter(), engine.busy_s
-        engine.correct = 0
-        for e in range(test_batches):
-            engine.run(eval_schedule(k, K, e))
-        engine.busy_s = busy  # busy_frac is about training
-        eval_s += time.perf_counter() - start
-        if reporter:
-            test_acc = engine.correct / test_size
-            best = max(best, test_acc)
-            reporter.log({"step": step, "epoch": step / steps_per_epoch, "test_acc": test_acc})
-            bar.set_postfix_str(f"test_acc {test_acc:.4f}")
-
-    start = time.perf_counter()
-    for t in range(algo.iterations(k, K, T)):
-        engine.run(algo.schedule(k, K, t, T))
-        if reporter and t < T:
-            bar.update(1)
-            step = t + 1
-            if step % c.log_every == 0 or step == T:
-                losses = torch.stack(engine.losses).tolist()  # one sync per logged row
-                engine.losses.clear()
-                recent.extend(losses)
-                now = time.perf_counter()
-                rate = (step - logged) * c.batch_size / max(now - window_start, 1e-9)
-                window_start, logged = now, step
-                loss = sum(losses) / len(losses)
-                reporter.log({"step": step, "epoch": step / steps_per_epoch, "loss": loss,
-                              "lr": lr_of(t), "samples_per_s": rate})
-                bar.set_postfix_str(f"loss {loss:.4f} lr {lr_of(t):.4g}")
-        if t < T - 1 and (t + 1) % steps_per_epoch == 0 and ((t + 1) // steps_per_epoch) % c.eval_every == 0:
-            evaluate(t + 1)
-            window_start = time.perf_counter()
-    train_s = time.perf_counter() - start - eval_s
-    for link in engine.links.values():
-        link.close()
-    evaluate(T)  # after the drain: every batch applied
-    bar.close()
-    return {"busy_s": engine.busy_s, "train_s": train_s, "test_acc": test_acc, "best_test_acc": best,
-            "final_train_loss": sum(recent) / len(recent) if recent else None}
+    A rank that loses a peer (a closed connection, or no answer within
+    fail_timeout_s) speaks only if nobody reported a failure before it: then
+    the peer died without a word (killed, out of memory).
+    """
+    k, engine = job.rt.rank, job.engine
+    step = len(job.recent) + len(engine.losses) if job.reporter else None
+    where = f"at step {step}" if step is not None else "after actions " + " ".join(map(str, engine.history[-8:]))
+    peer = isinstance(e, torch.distributed.DistError) or "Connection" in str(e) or "Timed out" in str(e)
+    if peer:
+        link = next((l for l in engine.links.values() if l.pending or l.expected is not None), None)
+        who = f"stage {link.peer}" if link else "a peer"
+        mine = f"stage {k}: lost {who} {where}"
+        if job.rt.record("failure", mine) in (None, mine):
+            print(f"[stage {k}] error: {who} failed or stopped responding {where} "
+                  f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); stopping", file=sys.stderr, flush=True)
+        return
+    job.rt.record("failure", f"stage {k}: {e}")
+    if isinstance(e, (FRError, loop.NonFinite)):
+        print(f"[stage {k}] error: {e}; the last complete checkpoint is kept in {job.run_dir / 'checkpoints'}",
+              file=sys.stderr, flush=True)
+    else:  # a bug: show where, and the schedule around the failing action
+        print(f"[stage {k}] internal error {where}: {e}\n[stage {k}] last actions: "
+              f"{' '.join(map(str, engine.history))}", file=sys.stderr, flush=True)
+        traceback.print_exc()
 
 
 if __name__ == "__main__":

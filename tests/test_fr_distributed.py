@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fr_dist import data as datasets
+from fr_dist import checkpoint, data as datasets
 from fr_dist.config import validate
 from fr_dist.lr import make_lr
 from fr_dist.models import build_blocks
@@ -54,7 +54,8 @@ def distributed(K: int, overrides: list[str], run_dir):
     ranks = run_ranks(K, [*overrides, f"hydra.run.dir={run_dir}"])
     for r, rank in enumerate(ranks):
         assert rank.returncode == 0, f"rank {r} failed:\n{rank.err[-3000:]}"
-    states = [torch.load(run_dir / "checkpoints" / f"final_stage{k}.pt")["model"] for k in range(K)]
+    final = checkpoint.latest(run_dir)
+    states = [torch.load(final / f"stage{k}.pt", weights_only=False)["model"] for k in range(K)]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run_dir / "summary.json").read_text())
     return states, [r["loss"] for r in rows if "loss" in r], summary

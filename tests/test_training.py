@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fr_dist import FRError, data as datasets
+from fr_dist import FRError, checkpoint, data as datasets
 from fr_dist.config import validate
 from fr_dist.models import MODELS, build_blocks
 from fr_dist.train import compose
@@ -62,7 +62,7 @@ def test_evaluation_counts_every_test_sample_once(tmp_path):
     model = nn.Sequential(*build_blocks(c.model, data.in_shape, data.classes))
     merged = {}
     for k, state in enumerate(states):
-        start = torch.load(tmp_path / "checkpoints" / f"final_stage{k}.pt")["blocks"][0]
+        start = torch.load(checkpoint.latest(tmp_path) / f"stage{k}.pt", weights_only=False)["meta"]["blocks"][0]
         for name, value in state.items():
             index, rest = name.split(".", 1)
             merged[f"{int(index) + start}.{rest}"] = value

@@ -140,6 +140,13 @@ class Worker:
         finally:
             self.module.train()
 
+    def state_dict(self) -> dict:
+        """What the stage holds between iterations (stored inputs, graphs), for checkpoints."""
+        raise NotImplementedError(f"{type(self).__module__} cannot checkpoint its state between iterations")
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError(f"{type(self).__module__} cannot checkpoint its state between iterations")
+
     def forward(self, batch: int, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

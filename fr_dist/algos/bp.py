@@ -29,6 +29,12 @@ def schedule(stage: int, K: int, t: int, T: int) -> list[Action]:
 class Worker(Worker):
     """A non-last BP stage: keeps the graph of the one batch in flight."""
 
+    def state_dict(self) -> dict:
+        return {}  # between iterations nothing is held: the graph lives within one
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def forward(self, batch: int, x: torch.Tensor) -> torch.Tensor:
         self.x = x.detach().requires_grad_(self.stage > 0)
         with self.graph_bytes(self.x):

@@ -68,6 +68,13 @@ class Worker(Worker):
     def peak_mem_bytes(self) -> int:
         return (self.ring.nbytes if self.ring else 0) + self.graph_bytes.peak
 
+    def state_dict(self) -> dict:
+        return self.ring.state_dict() if self.ring else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.ring:
+            self.ring.load_state_dict(state)
+
     def forward(self, batch: int, x: torch.Tensor) -> torch.Tensor:
         cpu_rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.cuda else None
