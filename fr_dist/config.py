@@ -17,7 +17,11 @@ SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 @dataclass
 class AlgoConfig:
-    name: str = "fr"  # fr, bp (see fr_dist.algos.ALGOS)
+    name: str = "fr"  # fr, bp, ddg, dni, gpipe, 1f1b (fr_dist.algos.ALGOS)
+    synth: str = "auto"  # dni: synthetic-gradient model: auto (conv for 4-D features, linear for 2-D), conv, linear
+    synth_lr: Optional[float] = None  # dni: SGD rate of the synthetic-gradient models (null: optim.lr)
+    synth_hidden: Optional[int] = None  # dni: width of a hidden layer (null: one zero-initialised layer)
+    checkpoint: bool = False  # gpipe, 1f1b: recompute each stage's activations in backward, like FR
 
 
 @dataclass
@@ -70,6 +74,7 @@ class Config:
     threads_per_rank: Optional[int] = None  # null: cores / ranks
     eval_every: int = 1  # epochs between evaluations (the final one is after the drain)
     log_every: int = 10  # steps between metrics rows
+    microbatches: int = 4  # gpipe, 1f1b: micro-batches per batch (must divide batch_size)
     partition: Any = "uniform"  # uniform, or a list of K-1 cut indices into the block list
     ckpt_every: int = 500  # steps between checkpoints (0: only at the end)
     ckpt_keep: int = 2  # complete checkpoints kept
@@ -94,6 +99,13 @@ def validate(cfg: DictConfig, world_size: int) -> Config:
 
     if c.algo.name not in ALGOS:
         raise FRError(f"unknown algo {c.algo.name!r}: choose one of {', '.join(ALGOS)} (algo=fr)")
+    if c.algo.synth not in ("auto", "conv", "linear"):
+        raise FRError(f"algo.synth={c.algo.synth!r}: choose auto, conv or linear")
+    if c.algo.name in ("gpipe", "1f1b"):
+        if c.microbatches < 1 or c.batch_size % c.microbatches:
+            raise FRError(f"microbatches={c.microbatches} must divide batch_size={c.batch_size} (equal micro-batches)")
+        if c.algo.name == "1f1b" and c.microbatches < c.splits:
+            raise FRError(f"1f1b needs microbatches >= splits (microbatches={c.microbatches}, splits={c.splits})")
     if c.data.name not in DATASETS:
         raise FRError(f"unknown data {c.data.name!r}: choose one of {', '.join(DATASETS)}")
     if c.optim.name != "sgd":

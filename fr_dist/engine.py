@@ -13,7 +13,7 @@ import torch
 
 from fr_dist.algos.base import Action, Worker
 
-COMPUTE = ("forward", "backward", "local_backward", "loss", "step", "score")
+COMPUTE = ("forward", "backward", "local_backward", "loss", "step", "train_step", "score")
 
 
 def eval_id(e: int) -> int:
@@ -78,6 +78,11 @@ class Engine:
     def _loss(self, a: Action) -> None:
         loss, self.grad_x = self.worker.loss(a.batch, self.x, self.y)
         self.losses.append(loss)
+
+    def _train_step(self, a: Action) -> None:
+        loss = self.worker.train_step(a.batch, self.x, self.y)
+        if loss is not None:
+            self.losses.append(loss)
 
     def _step(self, a: Action) -> None:
         self.worker.step(a.batch)

@@ -95,3 +95,124 @@ def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, see
         grads.update(new_grads)
     assert not grads and not any(stored), "every batch is applied exactly once"
     return losses
+
+
+def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int]) -> list[float]:
+    """Decoupled parallel backprop with delayed gradients (Huo et al. 2018), simulated.
+
+    The schedule of `features_replay`, but stage k < K-1 forwards batch t with
+    an autograd graph, on a copy of itself as it is at that moment, and keeps
+    that graph; in iteration t it backpropagates the error gradient of batch
+    t-(K-1-k) through the graph of that batch (old weights, old activations)
+    and applies the result to its current weights. The forward updates the
+    BatchNorm statistics once; the delayed backward does not touch them.
+    Returns the losses.
+    """
+    K, T = len(stages), len(batches)
+    optimizers = [make_optimizer(s.parameters()) for s in stages]
+    rng = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        rng.append(torch.get_rng_state())
+    stored = [[] for _ in range(K)]  # stage k: [(batch, copy of the stage, input, output)] oldest first
+    grads = {}  # (stage, batch) -> gradient of that stage's output
+    losses = []
+    for t in range(T + K - 1):
+        new_grads = {}
+        x = batches[t][0] if t < T else None
+        for k, stage in enumerate(stages):
+            torch.set_rng_state(rng[k])
+            if t < T and k < K - 1:
+                old_stage = copy.deepcopy(stage)
+                for p in old_stage.parameters():
+                    p.grad = None
+                x_in = x.detach().requires_grad_(k > 0)
+                h = old_stage(x_in)
+                for name, value in old_stage.named_buffers():  # the statistics the forward produced
+                    stage.get_buffer(name).copy_(value)
+                stored[k].append((t, old_stage, x_in, h))
+                x = h.detach()
+            elif t < T:
+                x_in = x.detach().requires_grad_(k > 0)
+                loss = F.cross_entropy(stage(x_in), batches[t][1])
+                loss.backward()
+                losses.append(loss.item())
+                if k > 0:
+                    new_grads[(k - 1, t)] = x_in.grad
+                _set_lr(optimizers[k], lr_of(t))
+                optimizers[k].step()
+                optimizers[k].zero_grad()
+            rng[k] = torch.get_rng_state()
+            old = t - (K - 1 - k)
+            if k < K - 1 and 0 <= old < T:
+                b, old_stage, x_in, h = stored[k].pop(0)
+                assert b == old
+                h.backward(grads.pop((k, b)))
+                for p, p_old in zip(stage.parameters(), old_stage.parameters()):
+                    p.grad = p_old.grad  # the old forward's gradient, applied to the current weights
+                if k > 0:
+                    new_grads[(k - 1, b)] = x_in.grad
+                _set_lr(optimizers[k], lr_of(b))
+                optimizers[k].step()
+                optimizers[k].zero_grad()
+        grads.update(new_grads)
+    assert not grads and not any(stored), "every batch is applied exactly once"
+    return losses
+
+
+def dni(stages: list[nn.Module], synth_models: list[nn.Module], batches, lr_of, make_optimizer,
+        make_synth_optimizer, seeds: list[int]) -> list[float]:
+    """Decoupled neural interfaces with synthetic gradients (Jaderberg et al. 2017), simulated.
+
+    `synth_models[k]` (k < K-1) predicts the gradient of stage k's output from
+    that output. Iteration t: stage k < K-1 forwards batch t, backpropagates
+    the synthetic gradient M_k(h_t) at once and steps with lr(t); its input
+    gradient is stage k-1's true gradient of batch t. Then M_k takes one step
+    (its own optimizer, from `make_synth_optimizer`) on the mean squared error
+    between M_k(h_{t-1}) and the true gradient of batch t-1, which stage k+1
+    produced in iteration t-1. The last stage backpropagates the loss. One
+    extra iteration trains M_k on batch T-1. Returns the losses.
+    """
+    K, T = len(stages), len(batches)
+    optimizers = [make_optimizer(s.parameters()) for s in stages]
+    synth_optimizers = [make_synth_optimizer(m.parameters()) for m in synth_models]
+    rng = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        rng.append(torch.get_rng_state())
+    outputs = [[] for _ in range(K)]  # stage k: [(batch, output)] awaiting the true gradient
+    grads = {}  # (stage, batch) -> true gradient of that stage's output
+    losses = []
+    for t in range(T + 1):
+        new_grads = {}
+        x = batches[t][0] if t < T else None
+        for k, stage in enumerate(stages):
+            torch.set_rng_state(rng[k])
+            if t < T:
+                x_in = x.detach().requires_grad_(k > 0)
+                if k < K - 1:
+                    h = stage(x_in)
+                    with torch.no_grad():
+                        synthetic = synth_models[k](h.detach())
+                    h.backward(synthetic)
+                    outputs[k].append((t, h.detach()))
+                    x = h.detach()
+                else:
+                    loss = F.cross_entropy(stage(x_in), batches[t][1])
+                    loss.backward()
+                    losses.append(loss.item())
+                if k > 0:
+                    new_grads[(k - 1, t)] = x_in.grad
+                _set_lr(optimizers[k], lr_of(t))
+                optimizers[k].step()
+                optimizers[k].zero_grad()
+            rng[k] = torch.get_rng_state()
+            if k < K - 1 and 0 <= t - 1 < T:
+                b, h_old = outputs[k].pop(0)
+                assert b == t - 1
+                F.mse_loss(synth_models[k](h_old), grads.pop((k, b))).backward()
+                synth_optimizers[k].step()
+                synth_optimizers[k].zero_grad()
+        grads.update(new_grads)
+    assert not grads and not any(outputs), "every true gradient is used exactly once"
+    return losses

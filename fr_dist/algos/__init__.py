@@ -1,5 +1,6 @@
 """Training algorithms: one module per schedule, all behind the interface in base.py."""
 
-from fr_dist.algos import bp, fr
+from fr_dist.algos import bp, ddg, dni, fr
+from fr_dist.algos.pipe import GPIPE, ONE_F_ONE_B
 
-ALGOS = {"fr": fr, "bp": bp}
+ALGOS = {"fr": fr, "bp": bp, "ddg": ddg, "dni": dni, "gpipe": GPIPE, "1f1b": ONE_F_ONE_B}

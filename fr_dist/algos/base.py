@@ -25,11 +25,13 @@ import torch.nn.functional as F
 # input), labels (last stage's targets). Compute: forward, backward (consumes
 # the posted gradient), local_backward (a backward with a gradient the stage
 # makes itself, e.g. a synthetic one), loss (last stage: forward, loss, backward), step,
+# train_step (a whole batch by a worker that brings its own communication:
+# gpipe and 1f1b through torch.distributed.pipelining),
 # score (last stage, evaluation: count correct predictions).
 OPS = ("load", "labels", "recv_x", "send_x", "post_g", "send_g", "forward", "backward", "local_backward", "loss",
-       "step", "score")
+       "step", "train_step", "score")
 _CODE = {"load": "L", "labels": "Y", "recv_x": "Rx", "send_x": "Sx", "post_g": "Pg", "send_g": "Sg",
-         "forward": "F", "backward": "B", "local_backward": "BL", "loss": "FB", "step": "U", "score": "S"}
+         "forward": "F", "backward": "B", "local_backward": "BL", "loss": "FB", "step": "U", "train_step": "P", "score": "S"}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,96 @@
+"""One rank of tests/test_pipe.py: ``python -m tests.pipe_worker OUT_DIR`` with RANK, WORLD_SIZE,
+MASTER_ADDR, MASTER_PORT set. Trains every configuration in CONFIGS with PipeRunner and saves, per
+configuration, this stage's final state dict, the returned losses and the meters to OUT_DIR/rank{k}.pt.
+The model, data and learning rates are defined here so that the test's reference uses the same.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+IN, HIDDEN, CLASSES = 8, 32, 5
+BATCH, M, STEPS, SEED = 16, 4, 3, 0
+# (schedule, checkpoint, dropout): dropout runs are only compared with each other (checkpoint on/off).
+CONFIGS = [(s, c, d) for d in (False, True) for s in ("gpipe", "1f1b") for c in (False, True)]
+
+
+def build_blocks(dropout: bool = False) -> list[nn.Module]:
+    """A BatchNorm-free MLP as a list of blocks, the same on every rank (seeded)."""
+    torch.manual_seed(SEED)
+    drop = [nn.Dropout(0.3)] if dropout else []
+    return [
+        nn.Sequential(nn.Linear(IN, HIDDEN), nn.ReLU()),
+        nn.Sequential(nn.Linear(HIDDEN, HIDDEN), nn.Tanh(), *drop),
+        nn.Sequential(nn.Linear(HIDDEN, HIDDEN), nn.ReLU()),
+        nn.Sequential(nn.Linear(HIDDEN, HIDDEN), nn.Tanh(), *drop),
+        nn.Sequential(nn.Linear(HIDDEN, HIDDEN), nn.ReLU()),
+        nn.Sequential(nn.Linear(HIDDEN, CLASSES)),
+    ]
+
+
+def cuts(K: int) -> list[int]:
+    n = 6
+    return [round(i * n / K) for i in range(K + 1)]
+
+
+def data():
+    g = torch.Generator().manual_seed(SEED + 1)
+    return torch.randn(STEPS, BATCH, IN, generator=g), torch.randint(0, CLASSES, (STEPS, BATCH), generator=g)
+
+
+def lr_of(batch: int) -> float:
+    return 0.2 / (1 + batch)  # a different rate per batch: the runner must use lr_of(batch)
+
+
+def make_optimizer(params):
+    return torch.optim.SGD(params, lr=1.0, momentum=0.9)
+
+
+def run(k: int, K: int, schedule: str, checkpoint: bool, dropout: bool) -> dict:
+    from fr_dist.algos.pipe import PipeRunner
+
+    blocks = build_blocks(dropout)
+    c = cuts(K)
+    with torch.no_grad():  # specs: the whole model is on every rank
+        h = torch.zeros(BATCH, IN)
+        specs = []
+        for b in blocks:
+            specs.append((tuple(h.shape), h.dtype))
+            h = b(h)
+        specs.append((tuple(h.shape), h.dtype))
+    module = nn.Sequential(*blocks[c[k]:c[k + 1]])
+    torch.manual_seed(100 + k)  # dropout RNG of this stage, the same for checkpoint on and off
+    runner = PipeRunner(module, k, K, torch.device("cpu"), dist.group.WORLD, schedule, M, BATCH,
+                        specs[c[k]], specs[c[k + 1]], make_optimizer(module.parameters()), lr_of,
+                        checkpoint=checkpoint)
+    x, y = data()
+    losses = []
+    for t in range(STEPS):
+        loss = runner.train_step(t, x[t] if k == 0 else None, y[t] if k == K - 1 else None)
+        assert (loss is None) == (k < K - 1)
+        if loss is not None:
+            assert loss.dim() == 0
+            losses.append(loss)
+    return {"state": module.state_dict(), "losses": losses, "peak": runner.peak_mem_bytes, "busy": runner.busy_s}
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    k, K = dist.get_rank(), dist.get_world_size()
+    results = {cfg: run(k, K, *cfg) for cfg in CONFIGS}
+    torch.save(results, out / f"rank{k}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

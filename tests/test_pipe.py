@@ -1,0 +1,183 @@
+"""GPipe / 1F1B (fr_dist.algos.pipe) on gloo against single-process gradient accumulation.
+
+Each rank is a plain subprocess (tests/pipe_worker.py) that trains every configuration of
+pipe_worker.CONFIGS; one launch per world size. The reference here is plain backprop that
+accumulates F.cross_entropy(mean) / M over the same M micro-batches, from the same init and data.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tests import pipe_worker as W
+from tests.ranks import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+RTOL, ATOL = 1e-5, 1e-6  # what "close" means in the sensitivity check
+PLAIN = [(s, False, False) for s in ("gpipe", "1f1b")]
+
+
+def launch(K: int, out: Path, timeout: float = 120) -> list[dict]:
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(K),
+               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.pipe_worker", str(out)], cwd=ROOT,
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(K)]
+    deadline = time.monotonic() + timeout
+    try:
+        outputs = [p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{K} pipe ranks still running after {timeout} s: a hang") from None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for r, (p, text) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"rank {r} of {K} failed:\n{text}"
+    return [torch.load(out / f"rank{r}.pt") for r in range(K)]
+
+
+@pytest.fixture(scope="module", params=[1, 2, 3], ids=["K1", "K2", "K3"])
+def ranks(request, tmp_path_factory):
+    """(K, per-rank results) of one launch of K ranks."""
+    K = request.param
+    return K, launch(K, tmp_path_factory.mktemp(f"pipe{K}"))
+
+
+def reference(scale: float = 1.0 / W.M):
+    """Single-process backprop with gradient accumulation of cross_entropy * scale over M micro-batches."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = nn.Sequential(*W.build_blocks())
+        opt = W.make_optimizer(model.parameters())
+        x, y = W.data()
+        losses = []
+        for t in range(W.STEPS):
+            parts = []
+            for xc, yc in zip(x[t].tensor_split(W.M), y[t].tensor_split(W.M)):
+                loss = F.cross_entropy(model(xc), yc) * scale
+                loss.backward()
+                parts.append(loss.detach())
+            losses.append(torch.stack(parts).sum())
+            for g in opt.param_groups:
+                g["lr"] = W.lr_of(t)
+            opt.step()
+            opt.zero_grad(set_to_none=False)
+        return model.state_dict(), losses
+    finally:
+        torch.set_num_threads(threads)
+
+
+def gathered(K: int, results: list[dict], cfg) -> dict:
+    """The whole model's state dict from the stages' (block i of stage k is block cuts[k] + i)."""
+    cuts, state = W.cuts(K), {}
+    for k, res in enumerate(results):
+        for key, v in res[cfg]["state"].items():
+            i, rest = key.split(".", 1)
+            state[f"{cuts[k] + int(i)}.{rest}"] = v
+    return state
+
+
+def assert_states_equal(got: dict, want: dict) -> None:
+    """Bit for bit: one thread on both sides, the same micro-batch shapes, 1/M applied per micro-batch."""
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=lambda m: f"{key}: {m}")
+
+
+@pytest.mark.parametrize("cfg", PLAIN, ids=lambda c: c[0])
+def test_matches_single_process_accumulation(ranks, cfg):
+    K, results = ranks
+    want_state, want_losses = reference()
+    assert_states_equal(gathered(K, results, cfg), want_state)
+    got_losses = results[-1][cfg]["losses"]
+    assert len(got_losses) == W.STEPS and all(l.dim() == 0 for l in got_losses)
+    torch.testing.assert_close(torch.stack(got_losses), torch.stack(want_losses), rtol=0, atol=0)
+    for res in results[:-1]:
+        assert res[cfg]["losses"] == []  # only the last stage returns the loss
+
+
+def test_reference_is_sensitive_to_loss_scaling(ranks):
+    """Without the 1/M (the pipeline's per-micro-batch loss summed), the result is far off, not only in bits."""
+    K, results = ranks
+    wrong, _ = reference(scale=1.0)
+    got = gathered(K, results, PLAIN[0])
+    assert any(not torch.allclose(got[key], wrong[key], rtol=RTOL, atol=ATOL) for key in wrong)
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("dropout", [False, True], ids=["nodrop", "dropout"])
+def test_checkpoint_gives_the_same_result(ranks, schedule, dropout):
+    """Recompute in backward with the same RNG: the same weights and losses, bit for bit."""
+    K, results = ranks
+    on, off = (schedule, True, dropout), (schedule, False, dropout)
+    for k in range(K):
+        for key, v in results[k][off]["state"].items():
+            assert torch.equal(results[k][on]["state"][key], v), (k, key)
+    assert torch.equal(torch.stack(results[-1][on]["losses"]), torch.stack(results[-1][off]["losses"]))
+
+
+def test_dropout_is_active(ranks):
+    """The dropout runs differ from the plain ones (else the checkpoint RNG test proves nothing)."""
+    K, results = ranks
+    assert not torch.equal(torch.stack(results[-1][("gpipe", False, True)]["losses"]),
+                           torch.stack(results[-1][("gpipe", False, False)]["losses"]))
+
+
+def test_peak_memory(ranks):
+    """Checkpointing shrinks the stash; GPipe stashes all M micro-batches, 1F1B at most K - k."""
+    K, results = ranks
+    for k, res in enumerate(results):
+        for schedule in ("gpipe", "1f1b"):
+            for dropout in (False, True):
+                on = res[(schedule, True, dropout)]["peak"]
+                off = res[(schedule, False, dropout)]["peak"]
+                assert 0 < on <= off, (k, schedule, dropout, on, off)
+                # GPipe stashes M = 4 micro-batches everywhere, 1F1B K on stage 0; with fewer (1F1B's
+                # last stage holds one) the recomputed graph can cost what the stash saved.
+                if schedule == "gpipe" or (k == 0 and K > 1):
+                    assert on < off, (k, schedule, dropout, on, off)
+        assert res[("gpipe", False, False)]["peak"] > res[("1f1b", False, False)]["peak"], k
+        assert all(r["busy"] > 0 for r in res.values())
+
+
+def test_checkpoint_leaves_batchnorm_statistics_alone():
+    """The recompute in backward neither updates running statistics again nor changes gradients."""
+    from fr_dist.algos.pipe import _StageModule, _StashMeter
+
+    def run(checkpoint: bool):
+        torch.manual_seed(0)
+        inner = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
+        wrapped = _StageModule(inner, _StashMeter(inner), checkpoint)
+        x = torch.randn(10, 6, requires_grad=True)
+        wrapped(x).square().sum().backward()
+        wrapped(x + 1).sum().backward()
+        return inner, x.grad
+
+    (a, ga), (b, gb) = run(False), run(True)
+    for (key, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), key
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa.grad, pb.grad)
+    assert torch.equal(ga, gb)
+    assert int(b[1].num_batches_tracked) == 2
+
+
+@pytest.mark.parametrize("schedule, M, match", [("gpipe", 5, "divide"), ("1f1b", 1, ">= splits"), ("zb", 4, "one of")])
+def test_bad_arguments(schedule, M, match):
+    from fr_dist.algos.pipe import PipeRunner
+
+    spec = ((12, 4), torch.float32)
+    with pytest.raises(ValueError, match=match):
+        PipeRunner(nn.Linear(4, 4), 0, 2, torch.device("cpu"), None, schedule, M, 12, spec, spec, None, W.lr_of)
