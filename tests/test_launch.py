@@ -1,0 +1,163 @@
+"""Sweeps (`python -m fr_dist.launch -m ...`), their results tables, plots, W&B offline logs.
+
+One small sweep runs once for the module (3 points, one of which fails at start-up) and
+most tests read what it left.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.wandb_reader import history, records
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["algo=fr", "model=mlp", "model.hidden=[8]", "data=synthetic", "data.shape=[1,4,4]", "data.train_size=32",
+        "data.test_size=8", "batch_size=8", "epochs=2", "log_every=1", "progress=false"]
+SUMMARY_KEYS = ("algo", "splits", "seed", "status", "test_acc", "final_train_loss", "samples_per_s", "wall_s")
+
+
+def launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "fr_dist.launch", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """splits=1,2,3 over a model of 2 blocks: points 0 and 1 train, point 2 fails at start-up."""
+    d = tmp_path_factory.mktemp("sweeps") / "k_sweep"
+    proc = launch("-m", "splits=1,2,3", *TINY, "wandb.mode=offline", f"hydra.sweep.dir={d}")
+    return d, proc
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_writes_one_row_per_point_equal_to_its_summary(sweep):
+    d, proc = sweep
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # one point failed: the sweep says so
+    rows = read_csv(d / "results.csv")
+    assert [r["point"] for r in rows] == ["0", "1", "2"]
+    assert list(rows[0])[:10] == ["point", *SUMMARY_KEYS[:4], "test_acc", "final_train_loss", "samples_per_s",
+                                  "wall_s", "peak_mem_bytes"]
+    for row, splits in zip(rows[:2], (1, 2)):
+        summary = json.loads((d / row["point"] / "summary.json").read_text())
+        assert summary["status"] == "ok" and summary["splits"] == splits
+        for key in SUMMARY_KEYS:
+            expected = summary[key]
+            assert (float(row[key]) == expected) if isinstance(expected, float) else (row[key] == str(expected)), key
+        assert row["peak_mem_bytes"] == ";".join(str(s["peak_mem_bytes"]) for s in summary["stages"])
+        assert len(row["peak_mem_bytes"].split(";")) == splits
+    md = (d / "results.md").read_text().splitlines()
+    assert md[0].startswith("| point | algo | splits | seed | status |") and len(md) == 2 + 3
+
+
+def test_failed_point_is_a_row_and_its_message_comes_last(sweep):
+    d, proc = sweep
+    failed = read_csv(d / "results.csv")[2]
+    assert failed["splits"] == "3" and failed["algo"] == "fr" and failed["seed"] == "0"
+    assert failed["status"] == "failed (exit 1)"
+    assert failed["test_acc"] == failed["samples_per_s"] == failed["peak_mem_bytes"] == ""
+    assert not (d / "2" / "summary.json").exists()
+    # the failing rank's one line, and no report of torchrun's or Python's
+    assert "[stage 0] error:" in proc.stderr
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
+    assert "[launch] 2 of 3 points ok" in proc.stdout
+
+
+def test_point_directories_hold_only_the_trainers_files(sweep):
+    d, _ = sweep
+    for point in ("0", "1", "2"):
+        p = d / point
+        assert not list(p.glob("*.log")), "the launcher's Hydra job log landed in a point directory"
+        assert sorted(x.name for x in (p / ".hydra").iterdir()) == ["config.yaml", "overrides.yaml"]
+        overrides = (p / ".hydra" / "overrides.yaml").read_text()
+        assert f"splits={int(point) + 1}" in overrides
+        assert "wandb.group='k_sweep'" in overrides  # the sweep's name, as wandb.group was not set
+    assert (d / "multirun.yaml").exists()  # the launcher's own Hydra file, in the sweep directory
+
+
+def test_wandb_offline_history_matches_metrics(sweep):
+    d, _ = sweep
+    for point in ("0", "1"):
+        files = list((d / point / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(files) == 1, files
+        logged = history(files[0])
+        rows = [json.loads(line) for line in (d / point / "metrics.jsonl").read_text().splitlines()]
+        loss_steps = [r["step"] for r in rows if "loss" in r]
+        assert loss_steps == list(range(1, 9))
+        assert [h["_step"] for h in logged if "loss" in h] == loss_steps
+        assert [h["loss"] for h in logged if "loss" in h] == pytest.approx([r["loss"] for r in rows if "loss" in r])
+        acc = {r["step"]: r["test_acc"] for r in rows if "test_acc" in r}
+        assert acc and {h["_step"]: h["test_acc"] for h in logged if "test_acc" in h} == pytest.approx(acc)
+        from wandb.proto import wandb_internal_pb2
+
+        runs = []
+        for payload in records(files[0]):
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(payload)
+            if rec.WhichOneof("record_type") == "run":
+                runs.append(rec.run)
+        assert runs and runs[0].run_group == "k_sweep"
+
+
+def test_plot_writes_the_sweeps_pngs(sweep):
+    from fr_dist import plot
+
+    d, _ = sweep
+    assert plot.main([str(d)]) == 0
+    for name in ("loss_vs_step", "loss_vs_time", "test_acc_vs_epoch", "test_acc_vs_time"):
+        png = d / f"{name}.png"
+        assert png.is_file() and png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG", name
+    assert not (d / "sigma_vs_step.png").exists()  # no diagnostic rows in these runs
+
+
+def test_config_error_in_a_sweep_is_one_line_before_any_point(tmp_path):
+    d = tmp_path / "bad"
+    proc = launch("-m", "splits=1,2", "algo=fr,nope", *TINY[1:], f"hydra.sweep.dir={d}", timeout=120)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("[launch] error: ") and "nope" in lines[0], proc.stderr
+    assert not d.exists()
+
+
+def fake_run(d: Path, algo: str, K: int, seed: int, diag: bool) -> None:
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "config.yaml").write_text("batch_size: 8\n")
+    (d / ".hydra" / "overrides.yaml").write_text(f"- algo={algo}\n- splits={K}\n- seed={seed}\n- optim.lr=0.1\n")
+    rows = []
+    for s in range(1, 21):
+        rows.append({"step": s, "epoch": s / 10, "loss": 2.3 * math.exp(-s / 10) + seed, "samples_per_s": 80.0})
+        if diag and s % 5 == 0:
+            rows[-1].update({f"sigma_stage{k}": 0.5 + k for k in range(K)} | {"cos_stage0": 0.9, "sigma": 0.4})
+        if s % 10 == 0:
+            rows.append({"step": s, "epoch": s / 10, "test_acc": 0.1 * s / 10 + seed})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "summary.json").write_text(json.dumps({"algo": algo, "splits": K, "seed": seed, "status": "ok",
+                                                "stages": [{"peak_mem_bytes": 1}] * K}))
+
+
+def test_plot_averages_seeds_and_draws_diagnostics(tmp_path):
+    from fr_dist import plot
+
+    for i, (algo, K, seed) in enumerate([("fr", 2, 0), ("fr", 2, 1), ("bp", 1, 0)]):
+        fake_run(tmp_path / "runs" / str(i), algo, K, seed, diag=algo == "fr")
+    runs = plot.find_runs(tmp_path)
+    assert [r.path.name for r in runs] == ["0", "1", "2"]
+    assert plot.labels(runs) == ["fr K=2", "fr K=2", "bp K=1"]  # seeds differ only: one line
+    assert runs[0].times()[10] == pytest.approx(10 * 8 / 80.0)  # from samples_per_s and batch_size
+    written = {p.name for p in plot.plot(tmp_path)}
+    assert written == {"loss_vs_step.png", "loss_vs_time.png", "test_acc_vs_epoch.png", "test_acc_vs_time.png",
+                       "sigma_vs_step.png", "cos_vs_step.png"}
+    assert all((tmp_path / name).stat().st_size > 1000 for name in written)
+    assert plot.main([str(tmp_path / "nothing")]) == 1
