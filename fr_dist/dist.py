@@ -26,13 +26,19 @@ class Runtime:
     control: "dist.ProcessGroup"  # gloo: metrics, shapes, errors
     groups: dict  # (src, dst) -> process group for tensors sent from src to dst
     store: "dist.Store | None" = None  # the job's key-value store: failure records, the run directory
+    attempt: str = "attempt_0"  # torchrun restart round
 
-    def record(self, key: str, value: str) -> str | None:
-        """Set `key` unless set already; the value that holds (None: store unreachable)."""
+    def record(self, key: str, value: str, per_attempt: bool = True) -> str | None:
+        """Set `key` unless set already; the value that holds (None: store unreachable).
+
+        Keys are per restart attempt unless `per_attempt` is false: those
+        outlive a torchrun restart (the agent's store does).
+        """
         if self.store is None:
             return None
+        key = f"fr_dist/{self.attempt}/{key}" if per_attempt else f"fr_dist/{key}"
         try:
-            return self.store.compare_set(f"fr_dist/{key}", "", value).decode()
+            return self.store.compare_set(key, "", value).decode()
         except Exception:  # its host is gone (plain launch: rank 0 hosts it)
             return None
 
@@ -47,30 +53,35 @@ def rank() -> int:
 
 def init(timeout_s: float) -> Runtime:
     """Join the job started by torchrun (or a single process without it)."""
+    single = "WORLD_SIZE" not in os.environ
     for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
-                         ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+                         ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "0" if single else "29500")):
         os.environ.setdefault(key, default)
     r, world, local = rank(), world_size(), int(os.environ["LOCAL_RANK"])
     timeout = timedelta(seconds=timeout_s)
+    # Under torchrun the agent hosts the store and keeps it across restarts, so
+    # the keys of one attempt would be read by the next: every attempt gets its
+    # own prefix (torch's env:// rendezvous adds none, and restarts then race).
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=not agent and r == 0, timeout=timeout, wait_for_workers=False)
+    attempt = f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    pg_store = dist.PrefixStore(f"fr_dist/{attempt}", store)
     if torch.cuda.is_available():
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", timeout=timeout, device_id=device)
+        dist.init_process_group("nccl", store=pg_store, rank=r, world_size=world, timeout=timeout, device_id=device)
         backend = "nccl"
     else:
         device = torch.device("cpu")
-        dist.init_process_group("gloo", timeout=timeout)
+        dist.init_process_group("gloo", store=pg_store, rank=r, world_size=world, timeout=timeout)
         backend = "gloo"
     control = dist.new_group(backend="gloo", timeout=timeout)
-    # A second client of the store the job was started with: under torchrun it is
-    # the agent's and outlives restarts, so keys set here survive a restart.
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                          timeout=timedelta(seconds=min(timeout_s, 10)), wait_for_workers=False)
     groups = {}
     for k in range(world - 1):  # every rank creates every group, in the same order
         groups[(k, k + 1)] = dist.new_group([k, k + 1], timeout=timeout)
         groups[(k + 1, k)] = dist.new_group([k, k + 1], timeout=timeout)
-    return Runtime(r, world, device, backend, control, groups, store)
+    return Runtime(r, world, device, backend, control, groups, store, attempt)
 
 
 def shutdown() -> None:

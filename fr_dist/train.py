@@ -9,7 +9,6 @@ then executes the algorithm's schedule iteration by iteration.
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import sys
 import time
@@ -94,9 +93,8 @@ def make_run_dir(rt: dist.Runtime, run_dir: str | None) -> Path:
     box = [None]
     if rt.rank == 0:
         box[0] = run_dir or datetime.now().strftime("outputs/%Y-%m-%d/%H-%M-%S")
-        run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-        if run_dir is None and run_id and run_id != "none":
-            box[0] = rt.record(f"run_dir/{run_id}", box[0]) or box[0]
+        if run_dir is None:  # the agent's store lives as long as the torchrun job
+            box[0] = rt.record("run_dir", box[0], per_attempt=False) or box[0]
     torch.distributed.broadcast_object_list(box, src=0, group=rt.control)
     path = Path(box[0]).resolve()
 
@@ -193,7 +191,10 @@ def setup(c: Config, raw, rt: dist.Runtime, run_dir: str | None, overrides: list
     optimizer = torch.optim.SGD(params, lr=c.optim.lr, momentum=c.optim.momentum, nesterov=c.optim.nesterov,
                                 weight_decay=c.optim.weight_decay) if params else None
     algo = algos.ALGOS[c.algo.name]
-    worker = algo.Worker(module, k, K, device, optimizer, lr_of, in_spec)
+    # Algorithm options come from the algo section, or the top level (microbatches).
+    options = {key: getattr(c.algo, key) if hasattr(c.algo, key) else getattr(c, key)
+               for key in getattr(algo, "OPTIONS", ())}
+    worker = algo.Worker(module, k, K, device, optimizer, lr_of, in_spec, **options)
     reporter = None
     if last:
         name = f"{c.algo.name}-K{K}-{c.model.get('name', 'custom')}-s{c.seed}"
@@ -236,6 +237,9 @@ def train(c: Config, raw, rt: dist.Runtime, run_dir: str | None, overrides: list
                "data": c.data.name, "seed": c.seed, "status": "running"}
     try:
         loop.run(job, resume_from(job))
+        summary["status"] = "ok"
+    except Stop:  # a user error at resume, already reported
+        raise
     except loop.Preempted:
         summary["status"] = "preempted"
         raise
@@ -244,8 +248,8 @@ def train(c: Config, raw, rt: dist.Runtime, run_dir: str | None, overrides: list
         fail(job, e)
         raise Stop from None
     finally:
-        if job.reporter and summary["status"] != "running":
-            if summary["status"] != "ok":
+        if job.reporter and summary["status"] != "ok":  # on success the summary comes below
+            if summary["status"] != "running":
                 job.reporter.summary(summary)
             job.reporter.close()
     worker, cuts = job.engine.worker, job.cuts
@@ -259,7 +263,7 @@ def train(c: Config, raw, rt: dist.Runtime, run_dir: str | None, overrides: list
     torch.distributed.all_gather_object(stages, stage, group=rt.control)
     if job.reporter:
         summary.update({
-            "status": "ok", "steps": job.T, "epochs": -(-job.T // job.steps_per_epoch),
+            "steps": job.T, "epochs": -(-job.T // job.steps_per_epoch),
             "final_train_loss": sum(job.recent) / len(job.recent) if job.recent else None,
             "test_acc": job.test_acc, "best_test_acc": job.best_test_acc,
             "wall_s": round(time.perf_counter() - started, 3),

@@ -27,20 +27,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_ranks(K: int, overrides: list[str], world: int | None = None) -> list[subprocess.Popen]:
+    """Start `world` (default K) ranks with `splits=K` and `overrides`."""
+    world = K if world is None else world
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(world),
+               OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "fr_dist.train", f"splits={K}", "progress=false", *overrides]
+    return [
+        subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for r in range(world)
+    ]
+
+
 def run_ranks(K: int, overrides: list[str], timeout: float = 180, world: int | None = None) -> list[Rank]:
     """Run `world` (default K) ranks with `splits=K` and `overrides`; wait for all.
 
     Raises AssertionError if any rank is still running after `timeout` (a hang).
     """
-    world = K if world is None else world
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(world),
-               OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "fr_dist.train", f"splits={K}", "progress=false", *overrides]
-    procs = [
-        subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-        for r in range(world)
-    ]
+    procs = start_ranks(K, overrides, world)
     deadline = time.monotonic() + timeout
     results = []
     try:
