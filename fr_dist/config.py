@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -11,6 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fr_dist.errors import FRError
 
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DATASETS = ("synthetic", "fashion_mnist", "cifar10", "cifar100")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
@@ -75,6 +77,7 @@ class Config:
     eval_every: int = 1  # epochs between evaluations (the final one is after the drain)
     log_every: int = 10  # steps between metrics rows
     microbatches: int = 4  # gpipe, 1f1b: micro-batches per batch (must divide batch_size)
+    diag_every: int = 0  # steps between sufficient-direction measurements (0: off; fr, bp, ddg, dni)
     partition: Any = "uniform"  # uniform, or a list of K-1 cut indices into the block list
     ckpt_every: int = 500  # steps between checkpoints (0: only at the end)
     ckpt_keep: int = 2  # complete checkpoints kept
@@ -106,6 +109,10 @@ def validate(cfg: DictConfig, world_size: int) -> Config:
             raise FRError(f"microbatches={c.microbatches} must divide batch_size={c.batch_size} (equal micro-batches)")
         if c.algo.name == "1f1b" and c.microbatches < c.splits:
             raise FRError(f"1f1b needs microbatches >= splits (microbatches={c.microbatches}, splits={c.splits})")
+    if c.diag_every < 0:
+        raise FRError(f"diag_every={c.diag_every} must be >= 0 (0 turns the diagnostic off)")
+    if c.diag_every and c.algo.name in ("gpipe", "1f1b"):
+        raise FRError(f"diag_every needs a stage-wise update; algo={c.algo.name} has none: set diag_every=0")
     if c.data.name not in DATASETS:
         raise FRError(f"unknown data {c.data.name!r}: choose one of {', '.join(DATASETS)}")
     if c.optim.name != "sgd":
@@ -141,3 +148,41 @@ def validate(cfg: DictConfig, world_size: int) -> Config:
     if c.threads_per_rank is None:
         c.threads_per_rank = max(1, (os.cpu_count() or 1) // world_size)
     return c
+
+
+def compose(overrides: list[str], config_name: str = "config") -> DictConfig:
+    """conf/CONFIG_NAME.yaml with command-line `overrides`, without the hydra node.
+
+    Hydra's errors become one FRError line.
+    """
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import open_dict
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise FRError(f"bad configuration: {one_line(str(e))}") from None
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def one_line(msg: str) -> str:
+    """Hydra's multi-line message on one line: "Could not find 'algo/x'; Available options in 'algo': bp, fr"."""
+    text, in_list = "", False
+    for line in msg.split("\nConfig search path")[0].splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if not text:
+            text = line
+        elif text.endswith(":") or (in_list and " " not in line):
+            text += (", " if in_list else " ") + line
+            in_list = True
+            continue
+        else:
+            text += (" " if text.endswith(".") else "; ") + line
+        in_list = False
+    return text

@@ -31,10 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-from fr_dist.config import validate
+from fr_dist.config import CONF_DIR, compose, one_line, validate
 from fr_dist.errors import FRError
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 ROWS_DIR = ".launch"  # in the sweep directory: one JSON row per finished point
 COLUMNS = ["point", "algo", "splits", "seed", "status", "test_acc", "final_train_loss", "samples_per_s",
            "wall_s", "peak_mem_bytes", "overrides"]
@@ -64,8 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a.startswith("-") for a in argv):  # -m, --cfg job, --help ...: Hydra's command line
         return hydra_main(argv)
-    from fr_dist.train import compose
-
     try:
         raw = compose([o for o in argv if not o.startswith("hydra.")])
         splits = int(raw.splits)
@@ -138,55 +134,13 @@ def check_points(argv: list[str]) -> None:
             raise FRError(one_line(str(e))) from None
     else:
         points = [[o.input_line for o in task]]
-    with _compose_context():
-        for point in points:
-            cfg = _compose(point + hydra_overrides)
-            where = f" (point {' '.join(point)})" if args.multirun and len(points) > 1 else ""
-            try:
-                _validate(cfg)
-            except FRError as e:
-                raise FRError(f"{e}{where}") from None
-
-
-def _compose_context():
-    from hydra import initialize_config_dir
-
-    return initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3")
-
-
-def _compose(overrides: list[str]):
-    """conf/launch.yaml with `overrides`, without the hydra node."""
-    from hydra import compose
-    from hydra.errors import HydraException
-    from omegaconf import open_dict
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        cfg = compose(config_name="launch", overrides=overrides, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise FRError(f"bad configuration: {one_line(str(e))}") from None
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
-def one_line(msg: str) -> str:
-    """Hydra's multi-line message on one line: "Could not find 'algo/x'; Available options in 'algo': bp, fr"."""
-    text, in_list = "", False
-    for line in msg.split("\nConfig search path")[0].splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        if not text:
-            text = line
-        elif text.endswith(":") or (in_list and " " not in line):
-            text += (", " if in_list else " ") + line
-            in_list = True
-            continue
-        else:
-            text += (" " if text.endswith(".") else "; ") + line
-        in_list = False
-    return text
+    for point in points:
+        cfg = compose(point + hydra_overrides, "launch")
+        where = f" (point {' '.join(point)})" if args.multirun and len(points) > 1 else ""
+        try:
+            _validate(cfg)
+        except FRError as e:
+            raise FRError(f"{e}{where}") from None
 
 
 def _validate(cfg):

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as tdist
 
-from fr_dist import checkpoint
-from fr_dist.algos.base import eval_schedule
+from fr_dist import checkpoint, diagnostic
+from fr_dist.algos.base import eval_schedule, in_flight
 
 PREEMPT_CHECK_EVERY = 10  # iterations between (non-blocking) checks for SIGTERM on any rank
 
@@ -54,15 +54,6 @@ class Job:
     best_test_acc: float = 0.0
     test_acc: float | None = None
     recent: deque = field(default_factory=lambda: deque(maxlen=50))  # last losses: final_train_loss
-
-
-def in_flight(algo, k: int, K: int, t: int, T: int) -> list:
-    """Error gradients stage k sent in iteration t that stage k-1 receives only in t+1."""
-    if k == 0 or t >= algo.iterations(k, K, T):
-        return []
-    sent = [a.batch for a in algo.schedule(k, K, t, T) if a.op == "send_g"]
-    taken = {a.batch for a in algo.schedule(k - 1, K, t, T) if a.op == "backward"} if t < algo.iterations(k - 1, K, T) else set()
-    return [b for b in sent if b not in taken]
 
 
 def save(job: Job, t: int, finished: bool = False) -> None:
@@ -124,7 +115,8 @@ def evaluate(job: Job, step: int) -> None:
     if job.reporter:
         job.test_acc = engine.correct / job.test_size
         job.best_test_acc = max(job.best_test_acc, job.test_acc)
-        job.reporter.log({"step": step, "epoch": step / job.steps_per_epoch, "test_acc": job.test_acc})
+        job.reporter.log({"step": step, "epoch": step / job.steps_per_epoch, "test_acc": job.test_acc,
+                          "time_s": round(job.train_s, 3)})
 
 
 def run(job: Job, start: int) -> None:
@@ -142,7 +134,17 @@ def run(job: Job, start: int) -> None:
     try:
         for t in range(start, algo.iterations(k, K, T)):
             began = time.perf_counter()
-            engine.run(algo.schedule(k, K, t, T))
+            actions = algo.schedule(k, K, t, T)
+            if c.diag_every and (t + 1) % c.diag_every == 0 and t < T:
+                # Every update computed, none applied: measure, then step.
+                engine.run([a for a in actions if a.op != "step"])
+                job.train_s += time.perf_counter() - began
+                row = diagnostic.measure(job, t)
+                if row:
+                    job.reporter.log(row)
+                began = time.perf_counter()
+                actions = [a for a in actions if a.op == "step"]
+            engine.run(actions)
             job.train_s += time.perf_counter() - began
             step = t + 1
             if job.reporter and t < T:
@@ -192,7 +194,7 @@ def log(job: Job, step: int, t: int, bar, window_start: float, logged: int):
     rate = (step - logged) * job.c.batch_size / max(now - window_start, 1e-9)
     lr = job.lr_of(t)
     job.reporter.log({"step": step, "epoch": step / job.steps_per_epoch, "loss": loss, "lr": lr,
-                      "samples_per_s": rate})
+                      "samples_per_s": rate, "time_s": round(job.train_s, 3)})
     bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.4g}")
     return now, step
 

@@ -22,30 +22,13 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from fr_dist import algos, checkpoint, data as datasets, dist, loop
-from fr_dist.config import Config, validate
+from fr_dist.config import CONF_DIR, Config, compose, validate
 from fr_dist.engine import Engine
 from fr_dist.errors import FRError
 from fr_dist.lr import make_lr
 from fr_dist.metrics import Reporter
 from fr_dist.models import build_blocks
 from fr_dist.partition import stage_cuts
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-def compose(overrides: list[str]):
-    """The Hydra config for command-line `overrides` (without hydra.run.dir)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            return hydra_compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as e:
-        msg = str(e).split("\nConfig search path")[0].strip()
-        raise FRError(f"bad configuration: {msg}") from None
-
 
 def stage_seed(seed: int, stage: int) -> int:
     """Seed of stage k's global RNG (dropout) after the shared model init."""

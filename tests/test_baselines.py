@@ -15,7 +15,8 @@ from fr_dist.config import validate
 from fr_dist.lr import make_lr
 from fr_dist.models import build_blocks
 from fr_dist.partition import stage_cuts
-from fr_dist.train import compose, stage_seed
+from fr_dist.config import compose
+from fr_dist.train import stage_seed
 from tests.test_fr_distributed import COMMON, MLP, RESNET8, assert_states_equal, distributed
 from tests.test_schedule import program
 

@@ -14,7 +14,8 @@ from fr_dist.lr import make_lr
 from fr_dist.models import build_blocks
 from fr_dist.partition import stage_cuts
 from fr_dist.reference import backprop, features_replay
-from fr_dist.train import compose, stage_seed
+from fr_dist.config import compose
+from fr_dist.train import stage_seed
 from tests.ranks import run_ranks
 
 # Small and seeded: 2 epochs, so the run crosses an epoch boundary (with an

@@ -11,7 +11,7 @@ import torch.nn as nn
 from fr_dist import FRError, checkpoint, data as datasets
 from fr_dist.config import validate
 from fr_dist.models import MODELS, build_blocks
-from fr_dist.train import compose
+from fr_dist.config import compose
 from tests.ranks import run_ranks
 from tests.test_fr_distributed import COMMON, MLP, assert_states_equal, distributed, reference
 

@@ -15,7 +15,7 @@ from fr_dist.config import OptimConfig, ScheduleConfig, validate
 from fr_dist.lr import make_lr
 from fr_dist.partition import stage_cuts
 from fr_dist.ring import RingBuffer
-from fr_dist.train import compose
+from fr_dist.config import compose
 
 
 def test_uniform_partition_covers_blocks_in_order():

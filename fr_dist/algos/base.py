@@ -65,6 +65,16 @@ def eval_schedule(stage: int, K: int, e: int) -> list[Action]:
     return acts + [Action("labels", e, True), Action("score", e, True)]
 
 
+def in_flight(algo, k: int, K: int, t: int, T: int) -> list[int]:
+    """Error gradients stage k sent in iteration t that stage k-1 receives only in t+1."""
+    if k == 0 or t >= algo.iterations(k, K, T):
+        return []
+    sent = [a.batch for a in algo.schedule(k, K, t, T) if a.op == "send_g"]
+    taken = ({a.batch for a in algo.schedule(k - 1, K, t, T) if a.op == "backward"}
+             if t < algo.iterations(k - 1, K, T) else set())
+    return [b for b in sent if b not in taken]
+
+
 class SavedBytes:
     """Peak bytes of activations saved for backward by one graph, measured.
 

@@ -57,12 +57,14 @@ class Batches:
             x = (x - self.mean) / self.std
         return x
 
-    def inputs(self, batch: int) -> torch.Tensor:
+    def inputs(self, batch: int, prefetch: bool = True) -> torch.Tensor:
         """Float inputs of training batch `batch`, augmented when configured.
 
-        Batches are asked for in order, so the next one is prepared in a
+        Training asks for batches in order, so the next one is prepared in a
         background thread while the stage computes: off the critical path.
         """
+        if not prefetch:
+            return self._make_inputs(batch)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="fr_dist-data")
         ready = self._prefetch
