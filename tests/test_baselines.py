@@ -9,39 +9,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fr_dist import data as datasets, reference
+from fr_dist import reference
 from fr_dist.algos import ALGOS, ddg, dni, fr
-from fr_dist.config import validate
-from fr_dist.lr import make_lr
-from fr_dist.models import build_blocks
-from fr_dist.partition import stage_cuts
-from fr_dist.config import compose
-from fr_dist.train import stage_seed
 from tests.test_fr_distributed import COMMON, MLP, RESNET8, assert_states_equal, distributed
+from tests.test_fr_distributed import simulation_inputs as setup
 from tests.test_schedule import program
 
-
-def setup(K: int, overrides: list[str]):
-    """What a distributed run of `overrides` computes with: stages, batches, rates, seeds."""
-    c = validate(compose([f"splits={K}", *overrides]), world_size=K)
-    data = datasets.load(c.data, c.batch_size, c.seed)
-    torch.manual_seed(c.seed)
-    blocks = build_blocks(c.model, data.in_shape, data.classes)
-    cuts = stage_cuts(len(blocks), K, c.partition)
-    stages = [nn.Sequential(*blocks[a:b]) for a, b in zip(cuts, cuts[1:])]
-    T = c.epochs * data.steps_per_epoch
-    batches = [(data.inputs(b), data.labels(b)) for b in range(T)]
-    lr_of = make_lr(c.optim, data.steps_per_epoch, T)
-    o = c.optim
-
-    def make_optimizer(params):
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
-
-    def make_synth_optimizer(params):  # dni's default: the stage's rate, momentum and Nesterov, no decay
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
-
-    return c, data, stages, batches, lr_of, make_optimizer, make_synth_optimizer, [stage_seed(c.seed, k)
-                                                                                  for k in range(K)]
 
 
 def synth_models(stages, c, in_shape) -> list[nn.Module]:

@@ -27,8 +27,8 @@ RESNET8 = ["model=resnet8", "model.width=4", "data.shape=[3,8,8]", "data.classes
 COMMON = ["seed=3", "log_every=1", "threads_per_rank=1", "optim.lr=0.05"]
 
 
-def reference(K: int, overrides: list[str]):
-    """Per-stage state dicts and losses of the single-process simulator."""
+def simulation_inputs(K: int, overrides: list[str]):
+    """What a distributed run of `overrides` computes with: stages, batches, rates, seeds."""
     c = validate(compose([f"splits={K}", *overrides]), world_size=K)
     data = datasets.load(c.data, c.batch_size, c.seed)
     torch.manual_seed(c.seed)
@@ -43,11 +43,21 @@ def reference(K: int, overrides: list[str]):
     def make_optimizer(params):
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
 
+    def make_synth_optimizer(params):  # dni's default: the stage's rate, momentum and Nesterov, no decay
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+
+    seeds = [stage_seed(c.seed, k) for k in range(K)]
+    return c, data, stages, batches, lr_of, make_optimizer, make_synth_optimizer, seeds
+
+
+def reference(K: int, overrides: list[str]):
+    """Per-stage state dicts and losses of the single-process simulator."""
+    _, _, stages, batches, lr_of, make_optimizer, _, seeds = simulation_inputs(K, overrides)
     torch.set_num_threads(1)  # the ranks run one thread each: same reduction order
     if K == 1:
-        losses = backprop(stages[0], batches, lr_of, make_optimizer, stage_seed(c.seed, 0))
+        losses = backprop(stages[0], batches, lr_of, make_optimizer, seeds[0])
     else:
-        losses = features_replay(stages, batches, lr_of, make_optimizer, [stage_seed(c.seed, k) for k in range(K)])
+        losses = features_replay(stages, batches, lr_of, make_optimizer, seeds)
     return [s.state_dict() for s in stages], losses
 
 

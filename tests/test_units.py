@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from omegaconf import OmegaConf
 
 from fr_dist import FRError
 from fr_dist.algos import fr

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import pickle
 import tarfile
-import urllib.request
 
 import numpy as np
 import torch
 
+from fr_dist.data.fetch import download
 from fr_dist.errors import FRError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -19,7 +19,6 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 URL = "https://www.cs.toronto.edu/~kriz/"
 CACHE_DIR = os.path.join("~", ".cache", "fr_dist", "cifar")
-TIMEOUT_S = 10.0
 # classes -> (folder, archive, train files, test files, label key)
 _LAYOUT = {
     10: ("cifar-10-batches-py", "cifar-10-python.tar.gz",
@@ -28,17 +27,7 @@ _LAYOUT = {
 }
 
 
-def _download(url: str, dest: str) -> None:
-    """Fetch ``url`` into the file ``dest`` (atomically); raises OSError when offline."""
-    tmp = dest + ".part"
-    try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as r, open(tmp, "wb") as f:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+_download = download  # one name per module, so tests can replace it
 
 
 def _extract(archive: str, dest: str) -> None:
