@@ -16,6 +16,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from fr_dist.errors import FRError
+
 
 @dataclass
 class Runtime:
@@ -49,6 +51,16 @@ def world_size() -> int:
 
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
+
+
+def check_devices() -> None:
+    """Under NCCL every stage needs its own GPU: refuse more local ranks than GPUs."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if torch.cuda.is_available() and local > torch.cuda.device_count():
+        raise FRError(
+            f"{local} stages on this node but {torch.cuda.device_count()} visible GPUs: NCCL needs one GPU per "
+            f"stage; lower --nproc_per_node (and splits) or spread the stages over more nodes"
+        )
 
 
 def init(timeout_s: float) -> Runtime:

@@ -52,7 +52,10 @@ class Reporter:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
         os.replace(tmp, path)
         if self.wandb is not None:
-            self.wandb.summary.update({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
+            flat = {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}
+            for stage in summary.get("stages", []):  # per-stage figures, gathered from every rank
+                flat.update({f"stage{stage['rank']}/{k}": v for k, v in stage.items() if k not in ("rank", "blocks")})
+            self.wandb.summary.update(flat)
 
     def close(self) -> None:
         self.rows.close()

@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         raw = compose(overrides)
         c = validate(raw, dist.world_size())
+        dist.check_devices()
     except FRError as e:  # the same on every rank: rank 0 speaks for all
         if rank == 0:
             print(f"[stage 0] error: {e}", file=sys.stderr, flush=True)
@@ -185,7 +186,7 @@ def setup(c: Config, raw, rt: dist.Runtime, run_dir: str | None, overrides: list
     else:
         together(rt, lambda: None)
     meta = {"algo": c.algo.name, "splits": K, "model": dict(c.model), "stage": k, "blocks": [cuts[k], cuts[k + 1]],
-            "batch_size": c.batch_size, "steps": T}
+            "batch_size": c.batch_size, "steps": T, "in_shape": list(in_shape), "classes": classes}
     return loop.Job(c, rt, path, algo, Engine(worker, data, links, device), module, optimizer, T, steps_per_epoch,
                     test_batches, test_size, lr_of, reporter, meta, cuts)
 

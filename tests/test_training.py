@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fr_dist import FRError, checkpoint, data as datasets
+from fr_dist import FRError, checkpoint, data as datasets, evaluate, export
 from fr_dist.config import validate
 from fr_dist.models import MODELS, build_blocks
 from fr_dist.config import compose
@@ -53,20 +53,13 @@ def test_resnet20_parameter_count_by_hand():
     assert sum(p.numel() for b in blocks for p in b.parameters()) == convs + shortcuts + bn + fc
 
 
-def test_evaluation_counts_every_test_sample_once(tmp_path):
-    """test_acc equals the accuracy of the final weights over all test samples (13 = 8 + 5)."""
+def test_evaluation_counts_every_test_sample_once(tmp_path, capsys):
+    """test_acc equals the accuracy of the final weights, exported into the plain model, over all 13 test samples."""
     overrides = MLP + COMMON + ["algo=fr", "model.dropout=0.0"]
-    states, _, summary = distributed(3, overrides, tmp_path)
+    _, _, summary = distributed(3, overrides, tmp_path)
     c = validate(compose(["splits=3", *overrides]), world_size=3)
     data = datasets.load(c.data, c.batch_size, c.seed)
-    model = nn.Sequential(*build_blocks(c.model, data.in_shape, data.classes))
-    merged = {}
-    for k, state in enumerate(states):
-        start = torch.load(checkpoint.latest(tmp_path) / f"stage{k}.pt", weights_only=False)["meta"]["blocks"][0]
-        for name, value in state.items():
-            index, rest = name.split(".", 1)
-            merged[f"{int(index) + start}.{rest}"] = value
-    model.load_state_dict(merged)
+    model = export.plain_model(export.merge(checkpoint.latest(tmp_path)))  # loads strictly into the unsplit model
     model.eval()
     with torch.no_grad():
         correct = int((model(data.test_x).argmax(1) == data.test_y).sum())  # synthetic: not normalised
@@ -76,6 +69,17 @@ def test_evaluation_counts_every_test_sample_once(tmp_path):
     evals = [r for r in rows if "test_acc" in r]
     assert [r["step"] for r in evals] == [7, 14]  # after epoch 1 (between iterations) and after the drain
     assert summary["best_test_acc"] == max(r["test_acc"] for r in evals)
+    # The command-line tools agree: export writes model.pt, evaluate scores it and the staged checkpoint.
+    assert export.main([str(tmp_path)]) == 0
+    assert evaluate.main([str(tmp_path / "model.pt")]) == 0
+    assert evaluate.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(f"test_acc {correct / len(data.test_y):.4f} on 13 samples") == 2
+
+
+def test_export_refuses_a_run_without_checkpoint(tmp_path, capsys):
+    assert export.main([str(tmp_path)]) == 1
+    assert "no complete checkpoint" in capsys.readouterr().err
 
 
 def test_step_schedule_uses_the_rate_of_the_replayed_batch(tmp_path):
