@@ -13,7 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
 from fr_dist import checkpoint
