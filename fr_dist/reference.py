@@ -38,7 +38,8 @@ def backprop(model: nn.Module, batches, lr_of, make_optimizer, seed: int) -> lis
     return losses
 
 
-def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int]) -> list[float]:
+def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int],
+                    before_steps=None) -> list[float]:
     """Features Replay with K = len(stages) stages, simulated; returns the losses.
 
     Iteration t: every stage k < K-1 forwards batch t without a graph and stores
@@ -47,6 +48,10 @@ def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, see
     stage does forward and backward of batch t. After the last batch the
     stages keep replaying until every stored batch is applied. `seeds[k]` seeds
     stage k's RNG stream, which a replay restores to the forward's state.
+
+    The updates of an iteration are applied at its end (nothing in the
+    iteration reads them); `before_steps(t, {stage: batch})`, if given, is
+    called then, with every stage's raw gradient in its .grad.
     """
     K, T = len(stages), len(batches)
     optimizers = [make_optimizer(s.parameters()) for s in stages]
@@ -58,7 +63,7 @@ def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, see
     grads = {}  # (stage, batch) -> gradient of that stage's output
     losses = []
     for t in range(T + K - 1):
-        new_grads = {}
+        new_grads, updates = {}, {}
         x = batches[t][0] if t < T else None
         for k, stage in enumerate(stages):
             torch.set_rng_state(rng[k])
@@ -73,9 +78,7 @@ def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, see
                 losses.append(loss.item())
                 if k > 0:
                     new_grads[(k - 1, t)] = x_in.grad
-                _set_lr(optimizers[k], lr_of(t))
-                optimizers[k].step()
-                optimizers[k].zero_grad()
+                updates[k] = t
             rng[k] = torch.get_rng_state()
             old = t - (K - 1 - k)
             if k < K - 1 and 0 <= old < T:
@@ -89,9 +92,13 @@ def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, see
                     stage.get_buffer(name).copy_(value)
                 if k > 0:
                     new_grads[(k - 1, b)] = x_in.grad
-                _set_lr(optimizers[k], lr_of(b))
-                optimizers[k].step()
-                optimizers[k].zero_grad()
+                updates[k] = b
+        if before_steps is not None:
+            before_steps(t, updates)
+        for k, b in updates.items():
+            _set_lr(optimizers[k], lr_of(b))
+            optimizers[k].step()
+            optimizers[k].zero_grad()
         grads.update(new_grads)
     assert not grads and not any(stored), "every batch is applied exactly once"
     return losses
@@ -118,7 +125,7 @@ def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int
     grads = {}  # (stage, batch) -> gradient of that stage's output
     losses = []
     for t in range(T + K - 1):
-        new_grads = {}
+        new_grads, updates = {}, {}
         x = batches[t][0] if t < T else None
         for k, stage in enumerate(stages):
             torch.set_rng_state(rng[k])
@@ -139,9 +146,7 @@ def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int
                 losses.append(loss.item())
                 if k > 0:
                     new_grads[(k - 1, t)] = x_in.grad
-                _set_lr(optimizers[k], lr_of(t))
-                optimizers[k].step()
-                optimizers[k].zero_grad()
+                updates[k] = t
             rng[k] = torch.get_rng_state()
             old = t - (K - 1 - k)
             if k < K - 1 and 0 <= old < T:
@@ -152,9 +157,13 @@ def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int
                     p.grad = p_old.grad  # the old forward's gradient, applied to the current weights
                 if k > 0:
                     new_grads[(k - 1, b)] = x_in.grad
-                _set_lr(optimizers[k], lr_of(b))
-                optimizers[k].step()
-                optimizers[k].zero_grad()
+                updates[k] = b
+        if before_steps is not None:
+            before_steps(t, updates)
+        for k, b in updates.items():
+            _set_lr(optimizers[k], lr_of(b))
+            optimizers[k].step()
+            optimizers[k].zero_grad()
         grads.update(new_grads)
     assert not grads and not any(stored), "every batch is applied exactly once"
     return losses
@@ -203,9 +212,7 @@ def dni(stages: list[nn.Module], synth_models: list[nn.Module], batches, lr_of, 
                     losses.append(loss.item())
                 if k > 0:
                     new_grads[(k - 1, t)] = x_in.grad
-                _set_lr(optimizers[k], lr_of(t))
-                optimizers[k].step()
-                optimizers[k].zero_grad()
+                updates[k] = t
             rng[k] = torch.get_rng_state()
             if k < K - 1 and 0 <= t - 1 < T:
                 b, h_old = outputs[k].pop(0)

@@ -6,10 +6,13 @@ import json
 import math
 
 import pytest
+import torch
+import torch.nn.functional as F
 
+from fr_dist import reference
 from fr_dist.algos import fr
 from fr_dist.diagnostic import stepped_batches
-from tests.test_fr_distributed import COMMON, MLP, RESNET8, distributed
+from tests.test_fr_distributed import COMMON, MLP, RESNET8, distributed, simulation_inputs
 
 
 def test_stepped_batches_follow_the_schedule():
@@ -43,3 +46,41 @@ def test_fresh_gradients_have_sigma_one(K, model, tmp_path):
     # The diagnostic changes nothing: the losses are those of a run without it.
     _, plain, _ = distributed(K, [o for o in overrides if not o.startswith("diag_every")], tmp_path / "plain")
     assert losses == plain
+
+
+def test_sigma_matches_the_reference(tmp_path):
+    """K = 2: sigma and cosine per stage equal those of the reference's gradients at the same steps.
+
+    The reference gives the raw FR gradient of each stage before its step; the
+    true gradient is plain backprop of that stage's batch through the
+    reference's stages as they are at that moment (BatchNorm-free model).
+    """
+    overrides = MLP + COMMON + ["algo=fr", "model.dropout=0.0", "diag_every=3"]
+    _, _, stages, batches, lr_of, make_optimizer, _, seeds = simulation_inputs(2, overrides)
+    want = {}
+
+    def before_steps(t, updates):
+        if (t + 1) % 3 or t >= len(batches):
+            return
+        row = {}
+        for k, b in updates.items():
+            x, y = batches[b]
+            params = list(stages[k].parameters())
+            loss = F.cross_entropy(stages[1](stages[0](x)), y)
+            g_bp = torch.autograd.grad(loss, params)
+            g_fr = [p.grad for p in params]
+            dot = sum(float((a * c).sum()) for a, c in zip(g_fr, g_bp))
+            n_bp = sum(float((c * c).sum()) for c in g_bp)
+            n_fr = sum(float((a * a).sum()) for a in g_fr)
+            row[f"sigma_{k}"], row[f"cos_{k}"] = dot / n_bp, dot / math.sqrt(n_bp * n_fr)
+        want[t + 1] = row
+
+    torch.set_num_threads(1)
+    reference.features_replay(stages, batches, lr_of, make_optimizer, seeds, before_steps)
+    distributed(2, overrides, tmp_path)
+    got = {r["step"]: r for r in diag_rows(tmp_path)}
+    assert sorted(got) == sorted(want)
+    for step, row in want.items():
+        for key, value in row.items():
+            assert got[step][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (step, key)
+    assert any(abs(row["sigma_0"] - 1) > 1e-4 for row in want.values())  # stale: not trivially 1

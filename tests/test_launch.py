@@ -1,7 +1,7 @@
 """Sweeps (`python -m fr_dist.launch -m ...`), their results tables, plots, W&B offline logs.
 
-One small sweep runs once for the module (3 points, one of which fails at start-up) and
-most tests read what it left.
+One small sweep runs once for the module (splits=1,2,3 x algo=fr,bp: 4 torchrun jobs that
+train and 2 points that fail at start-up) and most tests read what it left.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ def launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """splits=1,2,3 over a model of 2 blocks: points 0 and 1 train, point 2 fails at start-up."""
+    """splits=1,2,3 x algo=fr,bp over a model of 2 blocks: splits=3 fails at start-up."""
     d = tmp_path_factory.mktemp("sweeps") / "k_sweep"
-    proc = launch("-m", "splits=1,2,3", *TINY, "wandb.mode=offline", f"hydra.sweep.dir={d}")
+    proc = launch("-m", "splits=1,2,3", "algo=fr,bp", *TINY[1:], "wandb.mode=offline", f"hydra.sweep.dir={d}")
     return d, proc
 
 
@@ -45,70 +45,86 @@ def read_csv(path: Path) -> list[dict]:
 
 def test_sweep_writes_one_row_per_point_equal_to_its_summary(sweep):
     d, proc = sweep
-    assert proc.returncode == 1, proc.stdout + proc.stderr  # one point failed: the sweep says so
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # two points failed: the sweep says so
     rows = read_csv(d / "results.csv")
-    assert [r["point"] for r in rows] == ["0", "1", "2"]
+    assert [r["point"] for r in rows] == [str(i) for i in range(6)]
     assert list(rows[0])[:10] == ["point", *SUMMARY_KEYS[:4], "test_acc", "final_train_loss", "samples_per_s",
                                   "wall_s", "peak_mem_bytes"]
-    for row, splits in zip(rows[:2], (1, 2)):
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert sorted((r["splits"], r["algo"]) for r in ok) == [("1", "bp"), ("1", "fr"), ("2", "bp"), ("2", "fr")]
+    for row in ok:
         summary = json.loads((d / row["point"] / "summary.json").read_text())
-        assert summary["status"] == "ok" and summary["splits"] == splits
         for key in SUMMARY_KEYS:
             expected = summary[key]
             assert (float(row[key]) == expected) if isinstance(expected, float) else (row[key] == str(expected)), key
         assert row["peak_mem_bytes"] == ";".join(str(s["peak_mem_bytes"]) for s in summary["stages"])
-        assert len(row["peak_mem_bytes"].split(";")) == splits
+        assert len(row["peak_mem_bytes"].split(";")) == int(row["splits"])
     md = (d / "results.md").read_text().splitlines()
-    assert md[0].startswith("| point | algo | splits | seed | status |") and len(md) == 2 + 3
+    assert md[0].startswith("| point | algo | splits | seed | status |") and len(md) == 2 + 6
 
 
 def test_failed_point_is_a_row_and_its_message_comes_last(sweep):
     d, proc = sweep
-    failed = read_csv(d / "results.csv")[2]
-    assert failed["splits"] == "3" and failed["algo"] == "fr" and failed["seed"] == "0"
-    assert failed["status"] == "failed (exit 1)"
-    assert failed["test_acc"] == failed["samples_per_s"] == failed["peak_mem_bytes"] == ""
-    assert not (d / "2" / "summary.json").exists()
+    failed = [r for r in read_csv(d / "results.csv") if r["status"] != "ok"]
+    assert sorted(r["algo"] for r in failed) == ["bp", "fr"]
+    for row in failed:
+        assert row["splits"] == "3" and row["seed"] == "0"
+        assert row["status"] == "failed (exit 1)"
+        assert row["test_acc"] == row["samples_per_s"] == row["peak_mem_bytes"] == ""
+        assert not (d / row["point"] / "summary.json").exists()
     # the failing rank's one line, and no report of torchrun's or Python's
     assert "[stage 0] error:" in proc.stderr
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
-    assert "[launch] 2 of 3 points ok" in proc.stdout
+    assert "[launch] 4 of 6 points ok" in proc.stdout
 
 
 def test_point_directories_hold_only_the_trainers_files(sweep):
     d, _ = sweep
-    for point in ("0", "1", "2"):
-        p = d / point
+    for row in read_csv(d / "results.csv"):
+        p = d / row["point"]
         assert not list(p.glob("*.log")), "the launcher's Hydra job log landed in a point directory"
         assert sorted(x.name for x in (p / ".hydra").iterdir()) == ["config.yaml", "overrides.yaml"]
         overrides = (p / ".hydra" / "overrides.yaml").read_text()
-        assert f"splits={int(point) + 1}" in overrides
+        assert f"splits={row['splits']}" in overrides and f"algo={row['algo']}" in overrides
         assert "wandb.group='k_sweep'" in overrides  # the sweep's name, as wandb.group was not set
     assert (d / "multirun.yaml").exists()  # the launcher's own Hydra file, in the sweep directory
 
 
+def wandb_records(path, kind: str) -> list:
+    from wandb.proto import wandb_internal_pb2
+
+    out = []
+    for payload in records(path):
+        rec = wandb_internal_pb2.Record()
+        rec.ParseFromString(payload)
+        if rec.WhichOneof("record_type") == kind:
+            out.append(getattr(rec, kind))
+    return out
+
+
 def test_wandb_offline_history_matches_metrics(sweep):
     d, _ = sweep
-    for point in ("0", "1"):
-        files = list((d / point / "wandb").glob("offline-run-*/run-*.wandb"))
-        assert len(files) == 1, files
+    for row in read_csv(d / "results.csv"):
+        if row["status"] != "ok":
+            continue
+        point = d / row["point"]
+        files = list((point / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(files) == 1, files  # exactly one W&B run per job
         logged = history(files[0])
-        rows = [json.loads(line) for line in (d / point / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (point / "metrics.jsonl").read_text().splitlines()]
         loss_steps = [r["step"] for r in rows if "loss" in r]
         assert loss_steps == list(range(1, 9))
         assert [h["_step"] for h in logged if "loss" in h] == loss_steps
         assert [h["loss"] for h in logged if "loss" in h] == pytest.approx([r["loss"] for r in rows if "loss" in r])
         acc = {r["step"]: r["test_acc"] for r in rows if "test_acc" in r}
         assert acc and {h["_step"]: h["test_acc"] for h in logged if "test_acc" in h} == pytest.approx(acc)
-        from wandb.proto import wandb_internal_pb2
-
-        runs = []
-        for payload in records(files[0]):
-            rec = wandb_internal_pb2.Record()
-            rec.ParseFromString(payload)
-            if rec.WhichOneof("record_type") == "run":
-                runs.append(rec.run)
+        runs = wandb_records(files[0], "run")
         assert runs and runs[0].run_group == "k_sweep"
+        summary = json.loads((point / "summary.json").read_text())
+        final = {item.key: json.loads(item.value_json) for rec in wandb_records(files[0], "summary")
+                 for item in rec.update}
+        assert final["final_train_loss"] == pytest.approx(summary["final_train_loss"])
+        assert final["test_acc"] == pytest.approx(summary["test_acc"])
 
 
 def test_plot_writes_the_sweeps_pngs(sweep):
