@@ -47,23 +47,32 @@ def mark_complete(directory: Path, keep: int) -> None:
         os.fsync(fd)  # the renames are durable before older checkpoints go
     finally:
         os.close(fd)
-    complete = sorted(p for p in directory.parent.glob("step_*") if (p / MARKER).exists())
-    for old in complete[:-keep] if keep > 0 else []:
+    done = complete(directory.parent.parent)
+    for old in done[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def latest(run_dir: Path) -> Path | None:
     """The newest complete checkpoint directory of a run, or None."""
-    complete = sorted(p for p in (run_dir / "checkpoints").glob("step_*") if (p / MARKER).exists())
-    return complete[-1] if complete else None
+    done = complete(run_dir)
+    return done[-1] if done else None
 
 
-def resolve(resume: str | None, run_dir: Path) -> Path | None:
-    """The checkpoint directory `resume` (null, auto or a path) refers to."""
+class Unreadable(FRError):
+    """A checkpoint file that is missing, truncated or not a checkpoint."""
+
+
+def complete(run_dir: Path) -> list[Path]:
+    """The complete checkpoint directories of a run, oldest first."""
+    return sorted(p for p in (run_dir / "checkpoints").glob("step_*") if (p / MARKER).exists())
+
+
+def candidates(resume: str | None, run_dir: Path) -> list[Path]:
+    """Checkpoints to try for `resume`, best first: auto falls back to older ones."""
     if resume in (None, "", "null"):
-        return None
+        return []
     if resume == "auto":
-        return latest(run_dir)
+        return complete(run_dir)[::-1]
     path = Path(resume)
     if path.is_dir() and path.name == "checkpoints":
         path = latest(path.parent)
@@ -74,7 +83,7 @@ def resolve(resume: str | None, run_dir: Path) -> Path | None:
             f"resume={resume} is not a complete checkpoint (a step_N directory with a {MARKER} marker); "
             f"use resume=auto or a path like RUN_DIR/checkpoints/step_00000100"
         )
-    return path
+    return [path]
 
 
 def load_stage(directory: Path, stage: int, expect: dict) -> dict:
@@ -84,9 +93,9 @@ def load_stage(directory: Path, stage: int, expect: dict) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=False)
         meta = state["meta"]
     except FileNotFoundError:
-        raise FRError(f"checkpoint {path} is missing: resume from another checkpoint") from None
+        raise Unreadable(f"checkpoint {path} is missing: resume from another checkpoint") from None
     except Exception as e:  # a truncated or foreign file
-        raise FRError(f"checkpoint {path} is corrupt ({type(e).__name__}): delete it or resume from another") from None
+        raise Unreadable(f"checkpoint {path} is corrupt ({type(e).__name__}): delete it or resume from another") from None
     for key, value in expect.items():
         if meta.get(key) != value:
             raise FRError(

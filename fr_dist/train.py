@@ -192,24 +192,43 @@ def setup(c: Config, raw, rt: dist.Runtime, run_dir: str | None, overrides: list
 
 
 def resume_from(job: loop.Job) -> int:
-    """The iteration to start from: 0, or where the checkpoint `resume` names left off."""
+    """The iteration to start from: 0, or where the checkpoint `resume` names left off.
+
+    With resume=auto an unreadable checkpoint (a stage file corrupt or missing
+    on any rank) is skipped for the previous complete one.
+    """
     c, rt = job.c, job.rt
-
-    def load():
-        directory = checkpoint.resolve(c.resume, job.run_dir)
-        if directory is None:
-            return None
-        expect = {key: job.meta[key] for key in ("algo", "splits", "model", "stage", "blocks", "batch_size", "steps")}
-        return checkpoint.load_stage(directory, rt.rank, expect)
-
-    state = together(rt, load)
-    if state is None:
+    expect = {key: job.meta[key] for key in ("algo", "splits", "model", "stage", "blocks", "batch_size", "steps")}
+    tried = together(rt, checkpoint.candidates, c.resume, job.run_dir)
+    for i, directory in enumerate(tried):
+        state, problem = None, None
+        try:
+            state = checkpoint.load_stage(directory, rt.rank, expect)
+        except checkpoint.Unreadable as e:
+            problem = ("unreadable", str(e))
+        except FRError as e:
+            problem = ("refused", str(e))
+        problems = dist.agree(rt, problem)
+        failed = [r for r, p in enumerate(problems) if p is not None]
+        if not failed:
+            break
+        first = problems[failed[0]]
+        fall_back = c.resume == "auto" and i + 1 < len(tried) and all(problems[r][0] == "unreadable" for r in failed)
+        if rt.rank == failed[0]:
+            if fall_back:
+                print(f"[stage {rt.rank}] warning: {first[1]}; resuming from the previous one, {tried[i + 1]}",
+                      file=sys.stderr, flush=True)
+            else:
+                print(f"[stage {rt.rank}] error: {first[1]}", file=sys.stderr, flush=True)
+        if not fall_back:
+            raise Stop
+    else:
         return 0
     if job.reporter:
         job.reporter.truncate(state["meta"]["step"])  # rows logged after the checkpoint are redone
     start = loop.restore(job, state)
     if rt.rank == 0:
-        print(f"[stage 0] resumed from step {state['meta']['step']} ({c.resume})", file=sys.stderr, flush=True)
+        print(f"[stage 0] resumed from step {state['meta']['step']} ({directory})", file=sys.stderr, flush=True)
     return start
 
 

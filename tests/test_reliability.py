@@ -136,15 +136,22 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     assert "was made with model=" in errors[0]
 
 
-def test_corrupt_checkpoint_is_refused(tmp_path):
-    overrides = MLP + COMMON + ["algo=fr", "max_steps=4", f"hydra.run.dir={tmp_path}"]
-    distributed(2, overrides, tmp_path)
-    (checkpoint.latest(tmp_path) / "stage1.pt").write_bytes(b"not a checkpoint")
-    ranks = run_ranks(2, overrides, timeout=60)
+def test_corrupt_checkpoint_is_skipped_for_the_previous_one(tmp_path):
+    overrides = MLP + COMMON + ["algo=fr", "ckpt_every=7", "ckpt_keep=3", f"hydra.run.dir={tmp_path}"]
+    want, _, _ = distributed(2, overrides, tmp_path)
+    last = checkpoint.latest(tmp_path)
+    assert last.name == "step_00000014"
+    (last / "stage1.pt").write_bytes(b"not a checkpoint")
+    # Named explicitly, it is refused with one message.
+    ranks = run_ranks(2, [*overrides, f"resume={last}"], timeout=60)
     errors = [line for r in ranks for line in r.err.splitlines() if "error:" in line]
     assert all(r.returncode != 0 for r in ranks) and len(errors) == 1, errors
     assert "is corrupt" in errors[0] and "stage1.pt" in errors[0]
     assert not any("Traceback" in r.err for r in ranks), [r.err for r in ranks]
+    # With resume=auto the previous complete checkpoint is used, and the run ends as before.
+    got, _, summary = distributed(2, overrides, tmp_path)
+    assert summary["status"] == "ok"
+    assert_states_equal(got, want)
 
 
 def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path):

@@ -62,6 +62,10 @@ def test_ring_buffer_fifo_and_batch_check():
     (["data.name=imagenet"], "unknown data 'imagenet'"),
     (["optim.schedule.name=linear"], "unknown lr schedule 'linear'"),
     (["model.name=vgg"], "unknown model 'vgg'"),
+    (["optim.name=adam"], "unknown optimizer 'adam'"),
+    (["algo=gpipe", "microbatches=3"], "microbatches=3 must divide batch_size=128"),
+    (["algo=1f1b", "microbatches=1"], "1f1b needs microbatches >= splits"),
+    (["diag_every=-1"], "diag_every=-1 must be >= 0"),
     (["batch_size=abc"], "bad configuration"),
     (["nonsense=1"], "bad configuration"),
 ])
@@ -120,3 +124,15 @@ def test_replay_reuses_the_dropout_mask_and_leaves_the_stream():
     assert torch.equal(grad, h)
     assert torch.equal(torch.get_rng_state(), state)  # the replay did not advance the stream
     assert 0 < int((h == 0).sum()) < h.numel()
+
+
+def test_more_nccl_stages_than_gpus(monkeypatch):
+    from fr_dist import dist
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(FRError, match="4 stages on this node but 2 visible GPUs"):
+        dist.check_devices()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    dist.check_devices()
