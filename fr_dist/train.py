@@ -95,12 +95,41 @@ def make_run_dir(rt: dist.Runtime, run_dir: str | None) -> Path:
     return together(rt, create)
 
 
-def build_stage(c: Config, in_shape, classes: int, stage: int):
-    """This stage's blocks as one module, plus the cut indices of all stages."""
+def build_blocks_and_cuts(c: Config, in_shape, classes: int):
+    """The whole model's blocks (the same on every rank) and the stage boundaries.
+
+    For partition=profiled the boundaries are None here: rank 0 measures them.
+    """
     torch.manual_seed(c.seed)  # every rank builds the whole model: identical init
     blocks = build_blocks(c.model, in_shape, classes)
-    cuts = stage_cuts(len(blocks), c.splits, c.partition)
-    return nn.Sequential(*blocks[cuts[stage]:cuts[stage + 1]]), cuts
+    if c.partition == "profiled":
+        stage_cuts(len(blocks), c.splits, "uniform")  # the same checks (K <= blocks) on every rank
+        return blocks, None
+    return blocks, stage_cuts(len(blocks), c.splits, c.partition)
+
+
+def profiled_cuts(rt: dist.Runtime, blocks, in_shape, c: Config) -> list[int]:
+    """Rank 0 times every block on its device and picks the boundaries; all ranks get them.
+
+    It chooses the cuts that minimise the largest stage cost under the FR cost
+    model (non-last stage 2f+b, last f+b, plus the boundary transfers).
+    """
+    from fr_dist.partition import predicted_stage_costs, profiled_cuts as best
+    from fr_dist.profile import profile_model
+
+    box = [None]
+    if rt.rank == 0:
+        for block in blocks:
+            block.to(rt.device)
+        prof = profile_model(blocks, in_shape, c.batch_size, rt.device)
+        links = prof.link_costs(rt.device)
+        cuts = best(prof.costs, c.splits, links)
+        costs = ", ".join(f"{x * 1e3:.1f}" for x in predicted_stage_costs(prof.costs, cuts, links))
+        print(f"[stage 0] partition=profiled: cuts {cuts[1:-1]}, predicted stage costs {costs} ms per iteration",
+              file=sys.stderr, flush=True)
+        box[0] = cuts
+    torch.distributed.broadcast_object_list(box, src=0, group=rt.control)
+    return box[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,8 +178,11 @@ def setup(c: Config, raw, rt: dist.Runtime, run_dir: str | None, overrides: list
     torch.distributed.broadcast_object_list(box, src=0, group=rt.control)
     in_shape, classes, steps_per_epoch, test_batches, test_size = box[0]
 
-    module, cuts = together(rt, build_stage, c, in_shape, classes, k)
-    module.to(device)
+    blocks, cuts = together(rt, build_blocks_and_cuts, c, in_shape, classes)
+    if cuts is None:
+        cuts = profiled_cuts(rt, blocks, in_shape, c)
+    module = nn.Sequential(*blocks[cuts[k]:cuts[k + 1]]).to(device)
+    del blocks
     torch.manual_seed(stage_seed(c.seed, k))
 
     @torch.no_grad()

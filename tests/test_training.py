@@ -115,3 +115,15 @@ def test_user_target_model_trains_with_two_stages(tmp_path):
 def test_user_target_model_errors():
     with pytest.raises(FRError, match="failed to build"):
         build_blocks({"_target_": "tests.test_training.no_such_function"}, (1, 4, 4), 3)
+
+
+def test_profiled_partition_is_chosen_once_and_used_by_every_rank(tmp_path):
+    ranks = run_ranks(2, ["model=resnet8", "model.width=4", "data.shape=[3,8,8]", "data.train_size=64",
+                          "batch_size=16", "partition=profiled", f"hydra.run.dir={tmp_path}"])
+    assert all(r.returncode == 0 for r in ranks), ranks[0].err[-2000:]
+    announced = [line for r in ranks for line in r.err.splitlines() if "partition=profiled: cuts" in line]
+    assert len(announced) == 1 and announced[0].startswith("[stage 0]")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (cut,) = summary["partition"]
+    assert f"cuts [{cut}]" in announced[0] and 1 <= cut <= 4  # resnet8: 5 blocks
+    assert [s["blocks"] for s in summary["stages"]] == [list(range(cut)), list(range(cut, 5))]
