@@ -125,7 +125,7 @@ def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int
     grads = {}  # (stage, batch) -> gradient of that stage's output
     losses = []
     for t in range(T + K - 1):
-        new_grads, updates = {}, {}
+        new_grads = {}
         x = batches[t][0] if t < T else None
         for k, stage in enumerate(stages):
             torch.set_rng_state(rng[k])
@@ -146,7 +146,9 @@ def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int
                 losses.append(loss.item())
                 if k > 0:
                     new_grads[(k - 1, t)] = x_in.grad
-                updates[k] = t
+                _set_lr(optimizers[k], lr_of(t))
+                optimizers[k].step()
+                optimizers[k].zero_grad()
             rng[k] = torch.get_rng_state()
             old = t - (K - 1 - k)
             if k < K - 1 and 0 <= old < T:
@@ -157,13 +159,9 @@ def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int
                     p.grad = p_old.grad  # the old forward's gradient, applied to the current weights
                 if k > 0:
                     new_grads[(k - 1, b)] = x_in.grad
-                updates[k] = b
-        if before_steps is not None:
-            before_steps(t, updates)
-        for k, b in updates.items():
-            _set_lr(optimizers[k], lr_of(b))
-            optimizers[k].step()
-            optimizers[k].zero_grad()
+                _set_lr(optimizers[k], lr_of(b))
+                optimizers[k].step()
+                optimizers[k].zero_grad()
         grads.update(new_grads)
     assert not grads and not any(stored), "every batch is applied exactly once"
     return losses
@@ -212,7 +210,9 @@ def dni(stages: list[nn.Module], synth_models: list[nn.Module], batches, lr_of, 
                     losses.append(loss.item())
                 if k > 0:
                     new_grads[(k - 1, t)] = x_in.grad
-                updates[k] = t
+                _set_lr(optimizers[k], lr_of(t))
+                optimizers[k].step()
+                optimizers[k].zero_grad()
             rng[k] = torch.get_rng_state()
             if k < K - 1 and 0 <= t - 1 < T:
                 b, h_old = outputs[k].pop(0)
