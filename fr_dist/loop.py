@@ -50,6 +50,7 @@ class Job:
     reporter: object  # metrics.Reporter on the last stage, else None
     meta: dict  # what a checkpoint must match to be resumed
     cuts: list = field(default_factory=list)  # block boundaries of all stages
+    t: int = 0  # the iteration this rank is in (batch t enters the pipeline in it)
     train_s: float = 0.0
     best_test_acc: float = 0.0
     test_acc: float | None = None
@@ -133,6 +134,7 @@ def run(job: Job, start: int) -> None:
     window_start, logged = time.perf_counter(), min(start, T)
     try:
         for t in range(start, algo.iterations(k, K, T)):
+            job.t = t
             began = time.perf_counter()
             actions = algo.schedule(k, K, t, T)
             if c.diag_every and (t + 1) % c.diag_every == 0 and t < T:

@@ -321,8 +321,7 @@ def fail(job: loop.Job, e: Exception) -> None:
     the peer died without a word (killed, out of memory).
     """
     k, engine = job.rt.rank, job.engine
-    step = len(job.recent) + len(engine.losses) if job.reporter else None
-    where = f"at step {step}" if step is not None else "after actions " + " ".join(map(str, engine.history[-8:]))
+    where = f"at step {job.t}"
     peer = isinstance(e, torch.distributed.DistError) or "Connection" in str(e) or "Timed out" in str(e)
     if peer:
         link = next((l for l in engine.links.values() if l.pending or l.expected is not None), None)
