@@ -75,6 +75,21 @@ def in_flight(algo, k: int, K: int, t: int, T: int) -> list[int]:
     return [b for b in sent if b not in taken]
 
 
+@contextmanager
+def saved_storages(skip: set[int]):
+    """{storage pointer: bytes} of every tensor autograd saves inside the block, but `skip`."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield seen
+
+
 class SavedBytes:
     """Peak bytes of activations saved for backward by one graph, measured.
 
@@ -93,16 +108,7 @@ class SavedBytes:
             yield
             return
         self.calls -= 1
-        skip = self.params | {x.untyped_storage().data_ptr() for x in inputs}
-        seen: dict[int, int] = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in skip:
-                seen[ptr] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with saved_storages(self.params | {x.untyped_storage().data_ptr() for x in inputs}) as seen:
             yield
         self.peak = max(self.peak, sum(seen.values()))
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from fr_dist.algos.base import Action, Worker
+from fr_dist.algos.base import Action, Worker, saved_storages
 
 # torch.distributed.pipelining is imported on first use: it pulls in dynamo and
 # DTensor (seconds of start-up) that the other algorithms never need.
@@ -231,17 +231,8 @@ class PipeRunner:
         """
         x = torch.zeros(shape, dtype=dtype, device=self.device).requires_grad_(self.stage > 0)
         skip = self.meter.skip | {x.untyped_storage().data_ptr()}
-        seen: dict[int, int] = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in skip:
-                seen[ptr] = t.untyped_storage().nbytes()
-            return t
-
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), _frozen_bn_stats(self.module), \
-                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.random.fork_rng(devices=devices), _frozen_bn_stats(self.module), saved_storages(skip) as seen:
             out = self.module(x)
         del out
         return sum(seen.values())
