@@ -138,38 +138,73 @@ def contended_profile(a):
 # Runs
 
 
-def idle_cores(seconds: float = 1.0) -> float | None:
-    """Cores left idle by everything on the machine over `seconds` (Linux /proc/stat), else None."""
-    def read():
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+def _cpu_seconds():
+    """(machine busy CPU seconds incl. steal, CPU seconds of our finished children), or None off Linux."""
+    import resource
 
     try:
-        idle0, total0 = read()
-        time.sleep(seconds)
-        idle1, total1 = read()
-    except (OSError, ValueError, IndexError):
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
         return None
-    return round((idle1 - idle0) / max(total1 - total0, 1) * (os.cpu_count() or 1), 2)
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (user + nice + system + irq + softirq + steal) / tick, ru.ru_utime + ru.ru_stime
 
 
-def run_one(name: str, overrides: list[str], run_dir: Path, timeout: float, batch_size: int) -> dict:
-    """One torchrun job via fr_dist.launch; its measurements (or the error)."""
+def idle_cores(seconds: float = 1.0) -> float | None:
+    """Cores left idle by everything on the machine over `seconds` (Linux /proc/stat), else None."""
+    a = _cpu_seconds()
+    time.sleep(seconds)
+    b = _cpu_seconds()
+    if a is None or b is None:
+        return None
+    return round((os.cpu_count() or 1) - (b[0] - a[0]) / seconds, 2)
+
+
+def wait_idle(max_wait: float) -> float | None:
+    """Wait (up to `max_wait` s) until nothing else uses the cores; the idle cores seen last."""
+    deadline = time.time() + max_wait
+    while True:
+        idle = idle_cores()
+        if idle is None or idle >= (os.cpu_count() or 1) - 0.3 or time.time() > deadline:
+            return idle
+        time.sleep(2.0)
+
+
+def disturbed(row: dict, max_foreign: float) -> bool:
+    return row.get("foreign_cores") is not None and row["foreign_cores"] > max_foreign
+
+
+def run_one(name: str, overrides: list[str], run_dir: Path, timeout: float, batch_size: int,
+            max_wait: float = 0.0) -> dict:
+    """One torchrun job via fr_dist.launch; its measurements (or the error).
+
+    `foreign_cores`: CPU used by processes outside this benchmark during the job
+    (machine busy time from /proc/stat, hypervisor steal included, minus the job's
+    own CPU time), per second of the job: 0 on a quiet machine.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
-    idle = idle_cores()
+    idle = wait_idle(max_wait)
     if idle is not None and idle < (os.cpu_count() or 1) - 0.3:
         print(f"[bench] warning: only {idle} of {os.cpu_count()} cores idle before {name}: "
               f"something else is running, timings will suffer", file=sys.stderr, flush=True)
     env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "fr_dist.launch", *overrides, f"hydra.run.dir={run_dir}"]
+    before = _cpu_seconds()
     started = time.perf_counter()
     with open(run_dir / "bench.log", "w") as log:
         try:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
-    row = {"name": name, "rc": rc, "job_wall_s": round(time.perf_counter() - started, 2), "dir": str(run_dir),
-           "idle_cores_before": idle}
+    wall = time.perf_counter() - started
+    after = _cpu_seconds()
+    foreign = None
+    if before and after:
+        foreign = round(max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / wall, 3)
+    row = {"name": name, "rc": rc, "job_wall_s": round(wall, 2), "dir": str(run_dir),
+           "idle_cores_before": idle, "foreign_cores": foreign}
     summary = run_dir / "summary.json"
     if rc != 0 or not summary.exists():
         tail = (run_dir / "bench.log").read_text().splitlines()[-5:]
@@ -277,14 +312,14 @@ def _f(v, fmt):
 
 
 def format_table(rows: list[dict], labels: dict[str, str], base: str = "bp1") -> str:
-    lines = ["| configuration | samples/s | s/iter | vs BP 1 thread | predicted vs BP 1 thread | predicted s/iter "
+    lines = ["| configuration | runs | samples/s | s/iter | vs BP 1 thread | predicted vs BP 1 thread | predicted s/iter "
              "| predicted/measured | busy_frac per stage | peak activations MB per stage |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         busy = "/".join(_f(b, ".2f") for b in r["busy_frac"] or [])
         mem = "/".join(_f(m / 2**20, ".0f") if m is not None else "" for m in r["peak_mem_bytes"] or [])
         vs, pvs = r.get(f"vs_{base}"), r.get(f"predicted_vs_{base}")
-        lines.append(f"| {labels.get(r['name'], r['name'])} | {_f(r['samples_per_s'], '.1f')} | "
+        lines.append(f"| {labels.get(r['name'], r['name'])} | {r.get('runs', '')} | {_f(r['samples_per_s'], '.1f')} | "
                      f"{_f(r['s_per_iter'], '.3f')} | {_f(vs, '.2f')}x | {_f(pvs, '.2f')}{'x' if pvs else ''} | "
                      f"{_f(r['predicted_s_per_iter'], '.3f')} | {_f(r['efficiency'], '.0%')} | {busy} | {mem} |")
     return "\n".join(lines) + "\n"
@@ -307,6 +342,12 @@ def parse(argv):
                    help="comma list of " + ", ".join(f"{c[0]} ({c[1]})" for c in CONFIGS))
     p.add_argument("--scaling-models", default="resnet56,resnet110", help="models for the predicted scaling ('' = none)")
     p.add_argument("--no-contention", action="store_true", help="skip the profile with the other core busy")
+    p.add_argument("--wait-idle", type=float, default=300,
+                   help="before each job wait up to this many seconds for other processes to leave the cores idle")
+    p.add_argument("--max-foreign", type=float, default=0.1,
+                   help="a run during which other processes used more cores than this is disturbed: rerun, "
+                        "and left out of the medians if it stays so")
+    p.add_argument("--retries", type=int, default=2, help="reruns of a disturbed run")
     p.add_argument("--plain-loop", type=int, default=1,
                    help="1: time a plain PyTorch loop (no fr_dist) each round, the baseline of fr_dist's overhead")
     p.add_argument("--profile-every-round", type=int, default=1,
@@ -326,6 +367,7 @@ def parse(argv):
         a.no_contention = True
         a.profile_every_round = 0
         a.plain_loop = 0
+        a.wait_idle, a.retries = 0, 0
         a.warmup, a.iters = 1, 2
     a.repeats = a.repeats or 3
     a.steps = a.steps or 40
@@ -398,6 +440,7 @@ def main(argv=None) -> int:
     rounds: list[dict] = []
     round_predicted: list[dict] = []
     for rep in range(a.repeats):
+        wait_idle(a.wait_idle)
         if a.profile_every_round:
             # the machine's speed drifts by several % over minutes: predict each round from a fresh profile
             rp, rp_mb = (profile(a.model, a.shape, bs, a.warmup, a.iters) for bs in (a.batch_size, a.batch_size // M))
@@ -414,7 +457,17 @@ def main(argv=None) -> int:
                   flush=True)
         for name in names:
             overrides = base + [o.format(**fill) for o in known[name][2]]
-            row = run_one(name, overrides, workdir / f"{rep}_{name}", a.timeout, a.batch_size)
+            for attempt in range(1 + a.retries):
+                row = run_one(name, overrides, workdir / f"{rep}_{name}_{attempt}", a.timeout, a.batch_size,
+                              a.wait_idle)
+                if not disturbed(row, a.max_foreign):
+                    break
+                print(f"[bench] {name}: other processes used {row['foreign_cores']} cores during the run; "
+                      f"{'running it again' if attempt < a.retries else 'left out of the medians'}",
+                      file=sys.stderr, flush=True)
+            if disturbed(row, a.max_foreign):
+                row["disturbed"] = True
+                row["measured_samples_per_s"] = row.pop("samples_per_s", None)
             rnd[name] = row
             if row.get("samples_per_s"):
                 print(f"[bench] round {rep + 1}/{a.repeats} {labels[name]}: {row['samples_per_s']} samples/s "
@@ -448,7 +501,7 @@ def main(argv=None) -> int:
     print(text, flush=True)
     Path(a.out).write_text(json.dumps(out, indent=1, default=str) + "\n")
     print(f"[bench] wrote {a.out}; run directories in {workdir}", flush=True)
-    failed = [r for rnd in rounds for r in rnd.values() if not r.get("samples_per_s")]
+    failed = [r for rnd in rounds for r in rnd.values() if r.get("error")]
     return 1 if failed else 0
 
 

@@ -11,8 +11,15 @@ on the run's device, with the current ``torch.get_num_threads()``:
   The backward of block 0 computes no input gradient (stage 0's input does not
   require one); the last block's backward starts from a cross-entropy loss.
 
-Every block's input is the previous block's output (computed once, in training
-mode, without a graph), so each block sees the real shapes. Profiling leaves the
+Every block's input is the previous block's output, so each block sees the real
+shapes. By default (``context="chain"``) every timed iteration runs the whole
+model the way a training step does (a no-grad pass, then a pass keeping every
+block's graph, then the backward block by block from the loss) and times each
+block inside it; ``context="isolated"`` times each block alone, repeatedly on one
+input. Medians over ``iters`` iterations after ``warmup`` (plus one untimed pass
+of the whole model, so the process's first kernels are not charged to block 0).
+On this kind of CPU the sum over blocks comes out 3-4% below a plain PyTorch
+training loop timed in the same minute. Profiling leaves the
 model as it found it: BatchNorm running statistics (all buffers) and ``.grad`` of
 every parameter are restored, the training/eval mode kept, and the global RNG
 (CPU and CUDA) untouched (``torch.random.fork_rng``; inputs and upstream

@@ -226,7 +226,7 @@ def test_bench_table_on_fake_measurements():
     assert fr["busy_frac"] == pytest.approx([0.91, 0.8])
     assert bench.pair_ratio(rounds, "fr2", "gpipe2") == pytest.approx((150 / 140 + 154 / 120) / 2)
     text = bench.format_table(rows, {"fr2": "FR K=2"})
-    assert "| FR K=2 | 152.0 | 0.842 | 1.45x | 1.50x | 0.800 | 95% | 0.91/0.80 | 1/1 |" in text
+    assert "| FR K=2 | 2 | 152.0 | 0.842 | 1.45x | 1.50x | 0.800 | 95% | 0.91/0.80 | 1/1 |" in text
     assert text.count("\n") == 5
 
 
@@ -252,11 +252,11 @@ def test_bench_report_on_fake_profile():
            "profile": {"fr_cuts": [0, 3, 6], "fr_stage_costs": [12.0, 9.0], "bp1_s": 18.0,
                        "fr2_by_cut": {3: 12.0}, "link_costs": [0.0] * 7, "half_block_fr2_s": 11.0,
                        "half_block_cut": 2.5, "contended_slowdown": 1.2, "contended_fr2_s": 14.4}}
-    rows = [{"name": "fr2", "samples_per_s": 10.0, "s_per_iter": 12.8, "vs_bp1": 1.4, "predicted_vs_bp1": 1.5,
+    rows = [{"name": "fr2", "runs": 2, "samples_per_s": 10.0, "s_per_iter": 12.8, "vs_bp1": 1.4, "predicted_vs_bp1": 1.5,
              "predicted_s_per_iter": 12.0,
              "efficiency": 0.94, "busy_frac": [0.9, 0.7], "peak_mem_bytes": [2**21, 2**20]}]
     scaling = {"resnet-fake": {"rows": scaling_table(costs, 0.0, range(1, 4))}}
     text = bench.report(out, rows, {"fr2": "FR K=2"}, {"FR K=2 / BP 1 thread": 1.4}, scaling, a)
-    assert "| FR K=2 | 10.0 | 12.800 | 1.40x | 1.50x | 12.000 | 94% | 0.90/0.70 | 2/1 |" in text
+    assert "| FR K=2 | 2 | 10.0 | 12.800 | 1.40x | 1.50x | 12.000 | 94% | 0.90/0.70 | 2/1 |" in text
     assert "FR K=2 / BP 1 thread 1.40x" in text and "1.64x BP" in text and "resnet-fake" in text
     assert "| 3 | [2, 4] |" in text
