@@ -312,8 +312,8 @@ def _f(v, fmt):
 
 
 def format_table(rows: list[dict], labels: dict[str, str], base: str = "bp1") -> str:
-    lines = ["| configuration | runs | samples/s | s/iter | vs BP 1 thread | predicted vs BP 1 thread | predicted s/iter "
-             "| predicted/measured | busy_frac per stage | peak activations MB per stage |",
+    lines = ["| configuration | runs | samples/s | s/iter | vs BP 1 thread | predicted vs BP 1 thread "
+             "| predicted s/iter | predicted/measured | busy_frac per stage | peak activations MB per stage |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         busy = "/".join(_f(b, ".2f") for b in r["busy_frac"] or [])
@@ -340,7 +340,8 @@ def parse(argv):
     p.add_argument("--microbatches", type=int, default=4, help="M of GPipe / 1F1B")
     p.add_argument("--configs", default=",".join(c[0] for c in CONFIGS),
                    help="comma list of " + ", ".join(f"{c[0]} ({c[1]})" for c in CONFIGS))
-    p.add_argument("--scaling-models", default="resnet56,resnet110", help="models for the predicted scaling ('' = none)")
+    p.add_argument("--scaling-models", default="resnet56,resnet110",
+                   help="models for the predicted scaling ('' = none)")
     p.add_argument("--no-contention", action="store_true", help="skip the profile with the other core busy")
     p.add_argument("--wait-idle", type=float, default=300,
                    help="before each job wait up to this many seconds for other processes to leave the cores idle")
@@ -381,7 +382,7 @@ def main(argv=None) -> int:
         return 0
     from fr_dist.partition import pipeline_cuts, predicted_stage_costs, profiled_cuts
     from fr_dist.profile import link_model
-    from fr_dist.simulate import format_scaling, predict, scaling_table
+    from fr_dist.simulate import predict, scaling_table
 
     names = [n for n in a.configs.split(",") if n]
     known = {c[0]: c for c in CONFIGS}
@@ -414,7 +415,8 @@ def main(argv=None) -> int:
     half_links[-1] = 0.0
     half_cuts = profiled_cuts(half, 2, half_links)
     half_s = predict(half, 2, half_links, "fr", cuts=half_cuts)
-    out["profile"] = {"half_block_fr2_s": half_s, "half_block_cut": half_cuts[1] / 2, "costs": costs, "mb_costs": mb_costs, "out_shapes": prof.out_shapes,
+    out["profile"] = {"half_block_fr2_s": half_s, "half_block_cut": half_cuts[1] / 2, "costs": costs,
+                      "mb_costs": mb_costs, "out_shapes": prof.out_shapes,
                       "link_model": vars(link_model("cpu")), "link_costs": links,
                       "fr_cuts": fr_cuts, "fr_stage_costs": predicted_stage_costs(costs, fr_cuts, links),
                       "pipe_cuts": pipe_cuts, "bp1_s": bp1, "fr2_by_cut": all_cuts}
@@ -445,6 +447,7 @@ def main(argv=None) -> int:
             # the machine's speed drifts by several % over minutes: predict each round from a fresh profile
             rp, rp_mb = (profile(a.model, a.shape, bs, a.warmup, a.iters) for bs in (a.batch_size, a.batch_size // M))
             round_predicted.append(predictions(names, rp.costs, rp_mb.costs, links, fr_cuts, pipe_cuts, M))
+            out.setdefault("round_profiles", []).append({"costs": rp.costs, "mb_costs": rp_mb.costs})
         else:
             round_predicted.append(predicted)
         rnd = {}
@@ -521,7 +524,8 @@ def report(out, rows, labels, ratios, scaling, a, base_name="bp1") -> str:
     if fr and fr.get(f"vs_{base_name}") and fr.get(f"predicted_vs_{base_name}"):
         vs, pvs = fr[f"vs_{base_name}"], fr[f"predicted_vs_{base_name}"]
         lines.append(f"FR K=2: {vs:.2f}x BP 1 thread measured, {pvs:.2f}x predicted ({vs / pvs:.0%} of the predicted "
-                     f"speedup); time efficiency (predicted / measured s/iter, per round) {_f(fr['efficiency'], '.0%')}.")
+                     f"speedup); time efficiency (predicted / measured s/iter, per round) "
+                     f"{_f(fr['efficiency'], '.0%')}.")
     fr_cut = p["fr_cuts"][1]
     lines.append(
         f"Profile (1 thread, idle machine): BP one worker {p['bp1_s']:.3f} s/batch; FR K=2 cut {fr_cut}, stage costs "

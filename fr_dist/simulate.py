@@ -19,8 +19,8 @@ receive (blocks until the matching send arrived) and wait-for-own-send.
   sends without waiting and waits for all sends at the end of each phase; 1F1B
   warms up with min(M, K-k) forwards and fuses each send with the next receive,
   waiting for both), with M micro-batches costing F_k/M and B_k/M (or measured
-  micro-batch costs `mb_costs`); with ``checkpoint=True`` a micro-batch's
-  backward recomputes its forward: (F_k + B_k)/M. Each batch ends with the
+  micro-batch costs `mb_costs`) and link times L/M; with ``checkpoint=True`` a
+  micro-batch's backward recomputes its forward: (F_k + B_k)/M. Each batch ends with the
   optimizer step, so batches do not overlap.
 
 The steady-state period is the mean iteration time over the middle of a long
@@ -122,7 +122,10 @@ def _action_programs(algo, F, B, L, T, load_s, step_s):
                     prog.append(("c", F[k], f"F{a.batch}"))
                 elif op == "backward":
                     prog.append(("r", ("g", k), a.batch))
-                    prog.append(("c", F[k] + B[k] if algo == "fr" else B[k], f"{'R' if algo == 'fr' else 'B'}{a.batch}"))
+                    if algo == "fr":  # replay: forward again, with a graph, then backward
+                        prog.append(("c", F[k] + B[k], f"R{a.batch}"))
+                    else:
+                        prog.append(("c", B[k], f"B{a.batch}"))
                 elif op == "send_g":
                     prog.append(("s", ("g", k - 1), a.batch, L[k], True))
                 elif op == "loss":
@@ -260,6 +263,7 @@ def simulate(costs, K: int, link_s=0.0, algo: str = "fr", M: int = 4, cuts=None,
             F, B = [f / M for f in F], [b / M for b in B]
         if checkpoint:
             B = [f + b for f, b in zip(F, B)]
+        L = [l / M for l in L]  # a micro-batch's features are 1/M of the batch's
         programs = _pipe_programs(algo, F, B, L, T, M, load_s, step_s)
     marks, busy, timeline = run_programs(programs, keep_timeline)
     lo, hi = T // 4, (3 * T) // 4
@@ -313,14 +317,18 @@ def scaling_table(costs, link_s=0.0, Ks=range(1, 9), Ms=(1, 2, 4), mb_costs_of=N
 
 
 def format_scaling(rows: list[dict], title: str = "") -> str:
-    """A markdown table of the FR columns of `scaling_table` rows."""
+    """A markdown table of `scaling_table` rows (GPipe / 1F1B: speedups for M = K, 2K, 4K)."""
     lines = [title] if title else []
-    lines += ["| K | FR cuts | FR s/batch | FR speedup vs BP | (3K+1)/4 | model-parallel BP s | GPipe M=2K | 1F1B M=2K |",
+    lines += ["| K | FR cuts | FR s/batch | FR speedup vs BP | (3K+1)/4 | model-parallel BP s | GPipe M=K/2K/4K "
+              "| 1F1B M=K/2K/4K |",
               "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        M = 2 * r["K"]
-        g, o = r.get(f"gpipe_M{M}_speedup"), r.get(f"1f1b_M{M}_speedup")
-        lines.append(f"| {r['K']} | {r['fr_cuts']} | {r['fr_s']:.3f} | {r['fr_speedup']:.2f}x | "
-                     f"{r['ideal_speedup']:.2f}x | {r['mp_bp_s']:.3f} | "
-                     f"{'' if g is None else f'{g:.2f}x'} | {'' if o is None else f'{o:.2f}x'} |")
+        K = r["K"]
+
+        def cell(algo):
+            vals = [r.get(f"{algo}_M{m * K}_speedup") for m in (1, 2, 4)]
+            return "/".join("" if v is None else f"{v:.2f}" for v in vals) + "x"
+
+        lines.append(f"| {K} | {r['fr_cuts']} | {r['fr_s']:.3f} | {r['fr_speedup']:.2f}x | "
+                     f"{r['ideal_speedup']:.2f}x | {r['mp_bp_s']:.3f} | {cell('gpipe')} | {cell('1f1b')} |")
     return "\n".join(lines) + "\n"

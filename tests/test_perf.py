@@ -139,8 +139,9 @@ def test_gpipe_and_1f1b_by_hand():
     # Large M approaches the compute bound f + b of a stage; checkpointing adds one forward.
     assert predict(costs, 2, 0.0, "gpipe", M=32) == pytest.approx(6.0 * 33 / 32)
     assert predict(costs, 2, 0.0, "gpipe", M=2, checkpoint=True) == pytest.approx(3 * 4.0)
-    # Links: each micro-batch's features and gradient cross once on the critical path of the first.
-    assert predict(costs, 2, 0.5, "gpipe", M=2) == pytest.approx(10.0)
+    # Links (0.5 s for the batch, 0.25 s for a micro-batch): the first micro-batch's features
+    # and the first gradient cross on the critical path: 9 + 2 * 0.25.
+    assert predict(costs, 2, 0.5, "gpipe", M=2) == pytest.approx(9.5)
 
 
 def test_scaling_table_rows():
@@ -222,7 +223,8 @@ def test_bench_table_on_fake_measurements():
     # one prediction per round (a fresh profile before each)
     per_round = [{"bp1": 1.2, "fr2": 0.8}, {"bp1": 1.1, "fr2": 0.8}, {"bp1": 1.0, "fr2": 0.7}]
     fr = bench.summarise(rounds, ["bp1", "fr2"], 128, per_round)[1]
-    assert fr["predicted_s_per_iter"] == pytest.approx(0.8) and fr["predicted_vs_bp1"] == pytest.approx(1.0 / 0.7)  # median of 1.5, 1.375, 1.43
+    assert fr["predicted_s_per_iter"] == pytest.approx(0.8)
+    assert fr["predicted_vs_bp1"] == pytest.approx(1.0 / 0.7)  # median of 1.5, 1.375, 1.43
     assert fr["busy_frac"] == pytest.approx([0.91, 0.8])
     assert bench.pair_ratio(rounds, "fr2", "gpipe2") == pytest.approx((150 / 140 + 154 / 120) / 2)
     text = bench.format_table(rows, {"fr2": "FR K=2"})
@@ -252,7 +254,8 @@ def test_bench_report_on_fake_profile():
            "profile": {"fr_cuts": [0, 3, 6], "fr_stage_costs": [12.0, 9.0], "bp1_s": 18.0,
                        "fr2_by_cut": {3: 12.0}, "link_costs": [0.0] * 7, "half_block_fr2_s": 11.0,
                        "half_block_cut": 2.5, "contended_slowdown": 1.2, "contended_fr2_s": 14.4}}
-    rows = [{"name": "fr2", "runs": 2, "samples_per_s": 10.0, "s_per_iter": 12.8, "vs_bp1": 1.4, "predicted_vs_bp1": 1.5,
+    rows = [{"name": "fr2", "runs": 2, "samples_per_s": 10.0, "s_per_iter": 12.8, "vs_bp1": 1.4,
+             "predicted_vs_bp1": 1.5,
              "predicted_s_per_iter": 12.0,
              "efficiency": 0.94, "busy_frac": [0.9, 0.7], "peak_mem_bytes": [2**21, 2**20]}]
     scaling = {"resnet-fake": {"rows": scaling_table(costs, 0.0, range(1, 4))}}
