@@ -14,7 +14,7 @@ from fr_dist.config import OptimConfig, ScheduleConfig, validate
 from fr_dist.lr import make_lr
 from fr_dist.partition import stage_cuts
 from fr_dist.ring import RingBuffer
-from fr_dist.config import compose
+from fr_dist.config import CONF_DIR, compose
 
 
 def test_uniform_partition_covers_blocks_in_order():
@@ -77,6 +77,23 @@ def test_config_errors(overrides, match):
 def test_config_defaults_validate():
     c = validate(compose(["splits=2", "wandb.mode=disabled"]), world_size=2)
     assert c.splits == 2 and c.algo.name == "fr" and c.model["name"] == "mlp" and c.threads_per_rank >= 1
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_experiment_configs_validate(name):
+    c = validate(compose([f"+experiment={name}", "splits=4", "wandb.mode=disabled"]), world_size=4)
+    assert c.epochs >= 1 and c.model["name"].startswith("resnet")
+
+
+def test_paper_cifar10_recipe_is_the_papers():
+    c = validate(compose(["+experiment=paper_cifar10", "splits=2", "wandb.mode=disabled"]), world_size=2)
+    assert (c.model["name"], c.data.name, c.data.augment, c.batch_size, c.epochs) == ("resnet56", "cifar10", True, 128, 300)
+    assert (c.optim.momentum, c.optim.nesterov, c.optim.weight_decay) == (0.9, True, 5e-4)
+    steps = 50000 // 128  # CIFAR-10's training set, last partial batch dropped
+    lr = make_lr(c.optim, steps_per_epoch=steps, total_steps=300 * steps)
+    # 0.01 until epoch 150, then 0.001 until 225, then 0.0001 (the authors' run script)
+    assert [lr(b) for b in (0, 150 * steps - 1, 150 * steps, 225 * steps - 1, 225 * steps, 300 * steps - 1)] == \
+        pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001, 0.0001])
 
 
 def test_step_schedule_by_hand():
