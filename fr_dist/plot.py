@@ -17,6 +17,7 @@ runs; runs that differ only in their seed are averaged. A table of the runs is p
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -148,14 +149,54 @@ def labels(runs: list[Run]) -> list[str]:
 
     Settings come from each run's saved config, or from its overrides where a run has none.
     """
-    settings = [r.config for r in runs] if all(r.config for r in runs) else [r.overrides for r in runs]
+    from_config = all(r.config for r in runs)
+    settings = [r.config for r in runs] if from_config else [r.overrides for r in runs]
     keys = sorted({k for s in settings for k in s})
-    varying = [k for k in keys if len({s.get(k) for s in settings}) > 1]
+    # A saved config holds only its own algorithm's algo.* keys: a key some runs lack does not vary.
+    varying = [k for k in keys
+               if len({s[k] for s in settings if k in s} if from_config else {s.get(k) for s in settings}) > 1]
     out = []
     for r, s in zip(runs, settings):
         extra = " ".join(f"{k}={s[k]}" for k in varying if k in s)
         out.append(f"{r.summary.get('algo', '?')} K={r.summary.get('splits', '?')}" + (f" {extra}" if extra else ""))
     return out
+
+
+def lines(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs grouped into the lines of the figures, by `labels`; seeds are counted in the name."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run, label in zip(runs, labels(runs)):
+        groups[label].append(run)
+    return {(f"{k} ({len(v)} seeds)" if len({r.summary.get('seed') for r in v}) > 1 else k): v
+            for k, v in groups.items()}
+
+
+def _mean_std(values: list) -> str:
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return ""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.4f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))  # sample std
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def line_table(runs: list[Run]) -> str:
+    """One markdown row per line of the figures: test accuracy and final training loss as
+    mean ± sample standard deviation over its runs, and each stage's peak activation memory
+    (the largest over its runs)."""
+    out = ["| line | runs | test_acc | final_train_loss | samples/s | peak activations MiB per stage |",
+           "|---|---|---|---|---|---|"]
+    for label, group in lines(runs).items():
+        mem = [max(m) for m in zip(*[[s.get("peak_mem_bytes") or 0 for s in r.summary.get("stages") or []]
+                                     for r in group])]
+        speed = [r.summary["samples_per_s"] for r in group if r.summary.get("samples_per_s")]
+        cells = [label, str(len(group)), _mean_std([r.summary.get("test_acc") for r in group]),
+                 _mean_std([r.summary.get("final_train_loss") for r in group]),
+                 f"{sum(speed) / len(speed):.0f}" if speed else "", "/".join(f"{m / 2**20:.1f}" for m in mem)]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def _mean_curves(groups: dict[str, list[Run]], points) -> dict[str, tuple[list, list]]:
@@ -203,11 +244,7 @@ def plot(root: Path) -> list[Path]:
     runs = find_runs(root)
     if not runs:
         return []
-    groups: dict[str, list[Run]] = defaultdict(list)
-    for run, label in zip(runs, labels(runs)):
-        groups[label].append(run)
-    named = {(f"{k} ({len(v)} seeds)" if len({r.summary.get('seed') for r in v}) > 1 else k): v
-             for k, v in groups.items()}
+    named = lines(runs)
     written = [
         _figure(root / "loss_vs_step.png",
                 _mean_curves(named, lambda r: ((row["step"], row["step"], row["loss"]) for row in r.train_rows)),
@@ -270,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             status = 1
             continue
         print(table(runs, root), end="")
+        print(line_table(runs), end="")
         for path in plot(root):
             print(f"[plot] wrote {path}")
     return status

@@ -177,3 +177,29 @@ def test_plot_averages_seeds_and_draws_diagnostics(tmp_path):
                        "sigma_vs_step.png", "cos_vs_step.png"}
     assert all((tmp_path / name).stat().st_size > 1000 for name in written)
     assert plot.main([str(tmp_path / "nothing")]) == 1
+
+
+def test_line_table_mean_and_std_by_hand(tmp_path):
+    from fr_dist import plot
+
+    for i, (algo, K, seed, acc, mem) in enumerate([("fr", 2, 0, 0.80, [3, 1]), ("fr", 2, 1, 0.90, [1, 5]),
+                                                   ("fr", 2, 2, 0.85, [2, 2]), ("bp", 1, 0, 0.70, [7])]):
+        d = tmp_path / str(i)
+        fake_run(d, algo, K, seed, diag=False)
+        summary = json.loads((d / "summary.json").read_text())
+        summary.update(test_acc=acc, final_train_loss=acc / 10, samples_per_s=100.0 * (seed + 1),
+                       stages=[{"peak_mem_bytes": m * 2**20} for m in mem])
+        (d / "summary.json").write_text(json.dumps(summary))
+    rows = plot.line_table(plot.find_runs(tmp_path)).splitlines()
+    # fr: mean 0.85, sample std sqrt((0.05^2 + 0.05^2) / 2) = 0.05; memory: the largest per stage
+    assert rows[2] == "| fr K=2 (3 seeds) | 3 | 0.8500 ± 0.0500 | 0.0850 ± 0.0050 | 200 | 3.0/5.0 |"
+    assert rows[3] == "| bp K=1 | 1 | 0.7000 | 0.0700 | 100 | 7.0 |"
+
+
+def test_labels_ignore_keys_of_other_algorithms(tmp_path):
+    from fr_dist import plot
+
+    for i, (algo, extra) in enumerate([("fr", ""), ("dni", "algo:\n  synth: auto\n")]):
+        fake_run(tmp_path / str(i), algo, 2, 0, diag=False)
+        (tmp_path / str(i) / ".hydra" / "config.yaml").write_text(f"batch_size: 8\nepochs: {i + 1}\n{extra}")
+    assert plot.labels(plot.find_runs(tmp_path)) == ["fr K=2 epochs=1", "dni K=2 epochs=2"]
