@@ -1,7 +1,8 @@
-"""Curves of finished runs: ``python -m fr_dist.plot RUN_OR_SWEEP_DIR...``
+"""Curves and tables of finished runs: ``python -m fr_dist.plot RUN_OR_SWEEP_DIR...``
 
 Every run directory under each given path (one with metrics.jsonl and summary.json) is
-read; the PNG files go into that path:
+read (``--only algo=fr`` keeps the runs whose summary has that value); the PNG files go
+into that path, or into ``--out DIR``:
 
 - loss_vs_step.png, loss_vs_time.png: training loss against the step and the training
   time (the rows' ``time_s`` when logged, else accumulated from each row's samples_per_s:
@@ -11,7 +12,8 @@ read; the PNG files go into that path:
   ``cos`` (the sufficient-direction diagnostic), one line per key.
 
 One line per (algo, splits), plus any other setting whose value differs between the
-runs; runs that differ only in their seed are averaged. A table of the runs is printed.
+runs; runs that differ only in their seed are averaged. Two markdown tables are printed:
+one row per run, and one per line (mean ± std over seeds, memory, sigma).
 """
 
 from __future__ import annotations
@@ -184,10 +186,11 @@ def _mean_std(values: list) -> str:
 
 def line_table(runs: list[Run]) -> str:
     """One markdown row per line of the figures: test accuracy and final training loss as
-    mean ± sample standard deviation over its runs, and each stage's peak activation memory
-    (the largest over its runs)."""
-    out = ["| line | runs | test_acc | final_train_loss | samples/s | peak activations MiB per stage |",
-           "|---|---|---|---|---|---|"]
+    mean ± sample standard deviation over its runs, each stage's peak activation memory (the
+    largest over its runs), and the whole model's sufficient-direction sigma over all its
+    measurements (when the runs had `diag_every`)."""
+    out = ["| line | runs | test_acc | final_train_loss | samples/s | peak activations MiB per stage "
+           "| sigma mean (min) |", "|---|---|---|---|---|---|---|"]
     for label, group in lines(runs).items():
         mem = [max(m) for m in zip(*[[s.get("peak_mem_bytes") or 0 for s in r.summary.get("stages") or []]
                                      for r in group])]
@@ -195,6 +198,8 @@ def line_table(runs: list[Run]) -> str:
         cells = [label, str(len(group)), _mean_std([r.summary.get("test_acc") for r in group]),
                  _mean_std([r.summary.get("final_train_loss") for r in group]),
                  f"{sum(speed) / len(speed):.0f}" if speed else "", "/".join(f"{m / 2**20:.1f}" for m in mem)]
+        sigma = [row["sigma"] for r in group for row in r.rows if isinstance(row.get("sigma"), (int, float))]
+        cells.append(f"{sum(sigma) / len(sigma):.2f} ({min(sigma):.2f})" if sigma else "")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
@@ -238,10 +243,9 @@ def _figure(path: Path, curves: dict[str, tuple[list, list]], xlabel: str, ylabe
     return path
 
 
-def plot(root: Path) -> list[Path]:
-    """Draw the PNG files for the runs under `root` into `root`; their paths."""
+def plot(runs: list[Run], root: Path) -> list[Path]:
+    """Draw the PNG files of `runs` into the directory `root`; their paths."""
     root = Path(root)
-    runs = find_runs(root)
     if not runs:
         return []
     named = lines(runs)
@@ -290,25 +294,35 @@ def table(runs: list[Run], root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip())
-        return 0 if argv else 1
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m fr_dist.plot", description=__doc__.split("\n\n")[0])
+    p.add_argument("paths", nargs="+", type=Path, help="run or sweep directories")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                   help="keep the runs whose summary.json has KEY equal to VALUE (e.g. algo=fr); repeatable")
+    p.add_argument("--out", type=Path, help="write the PNG files here instead of into each path")
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    only = [o.partition("=")[::2] for o in a.only]
+    if any(not k or not v for k, v in only):
+        print(f"[plot] error: --only takes KEY=VALUE, got {' '.join(a.only)}", file=sys.stderr)
+        return 1
     status = 0
-    for arg in argv:
-        root = Path(arg)
+    for root in a.paths:
         if not root.is_dir():
             print(f"[plot] error: {root} is not a directory", file=sys.stderr)
             status = 1
             continue
-        runs = find_runs(root)
+        runs = [r for r in find_runs(root) if all(str(r.summary.get(k)) == v for k, v in only)]
         if not runs:
-            print(f"[plot] error: no run directory (metrics.jsonl and summary.json) under {root}", file=sys.stderr)
+            print(f"[plot] error: no run directory (metrics.jsonl and summary.json) under {root}"
+                  + (f" with {' '.join(a.only)}" if only else ""), file=sys.stderr)
             status = 1
             continue
         print(table(runs, root), end="")
         print(line_table(runs), end="")
-        for path in plot(root):
+        out = a.out or root
+        out.mkdir(parents=True, exist_ok=True)
+        for path in plot(runs, out):
             print(f"[plot] wrote {path}")
     return status
 

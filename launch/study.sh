@@ -24,4 +24,8 @@ for seed in 0 1 2; do
     sweep long/fr algo=fr splits=4 epochs=10
   fi
 done
-.venv/bin/python -m fr_dist.plot "$OUT/accuracy" "$OUT/long" "$OUT/memory"
+# the tables and figures of docs/RESULTS.md
+.venv/bin/python -m fr_dist.plot "$OUT/accuracy" --out docs/accuracy
+.venv/bin/python -m fr_dist.plot "$OUT/accuracy" --only algo=fr --out docs/accuracy_fr
+.venv/bin/python -m fr_dist.plot "$OUT/long" --out docs/long
+.venv/bin/python -m fr_dist.plot "$OUT/memory"

@@ -172,11 +172,16 @@ def test_plot_averages_seeds_and_draws_diagnostics(tmp_path):
     assert [r.path.name for r in runs] == ["0", "1", "2"]
     assert plot.labels(runs) == ["fr K=2", "fr K=2", "bp K=1"]  # seeds differ only: one line
     assert runs[0].times()[10] == pytest.approx(10 * 8 / 80.0)  # from samples_per_s and batch_size
-    written = {p.name for p in plot.plot(tmp_path)}
+    written = {p.name for p in plot.plot(runs, tmp_path)}
     assert written == {"loss_vs_step.png", "loss_vs_time.png", "test_acc_vs_epoch.png", "test_acc_vs_time.png",
                        "sigma_vs_step.png", "cos_vs_step.png"}
     assert all((tmp_path / name).stat().st_size > 1000 for name in written)
     assert plot.main([str(tmp_path / "nothing")]) == 1
+    assert "| fr K=2 (2 seeds) | 2 |" in plot.line_table(runs) and "| 0.40 (0.40) |" in plot.line_table(runs)
+    out = tmp_path / "figures"
+    assert plot.main([str(tmp_path), "--only", "algo=bp", "--out", str(out)]) == 0
+    assert (out / "loss_vs_step.png").is_file() and not (out / "sigma_vs_step.png").exists()  # bp runs only
+    assert plot.main([str(tmp_path), "--only", "algo=dni"]) == 1
 
 
 def test_line_table_mean_and_std_by_hand(tmp_path):
@@ -192,8 +197,8 @@ def test_line_table_mean_and_std_by_hand(tmp_path):
         (d / "summary.json").write_text(json.dumps(summary))
     rows = plot.line_table(plot.find_runs(tmp_path)).splitlines()
     # fr: mean 0.85, sample std sqrt((0.05^2 + 0.05^2) / 2) = 0.05; memory: the largest per stage
-    assert rows[2] == "| fr K=2 (3 seeds) | 3 | 0.8500 ± 0.0500 | 0.0850 ± 0.0050 | 200 | 3.0/5.0 |"
-    assert rows[3] == "| bp K=1 | 1 | 0.7000 | 0.0700 | 100 | 7.0 |"
+    assert rows[2] == "| fr K=2 (3 seeds) | 3 | 0.8500 ± 0.0500 | 0.0850 ± 0.0050 | 200 | 3.0/5.0 |  |"
+    assert rows[3] == "| bp K=1 | 1 | 0.7000 | 0.0700 | 100 | 7.0 |  |"
 
 
 def test_labels_ignore_keys_of_other_algorithms(tmp_path):
