@@ -186,16 +186,17 @@ def _mean_std(values: list) -> str:
 
 def line_table(runs: list[Run]) -> str:
     """One markdown row per line of the figures: test accuracy and final training loss as
-    mean ± sample standard deviation over its runs, each stage's peak activation memory (the
+    mean ± sample standard deviation over its runs that finished (failed ones are counted), each stage's peak activation memory (the
     largest over its runs), and the whole model's sufficient-direction sigma over all its
     measurements (when the runs had `diag_every`)."""
     out = ["| line | runs | test_acc | final_train_loss | samples/s | peak activations MiB per stage "
            "| sigma mean (min) |", "|---|---|---|---|---|---|---|"]
     for label, group in lines(runs).items():
-        mem = [max(m) for m in zip(*[[s.get("peak_mem_bytes") or 0 for s in r.summary.get("stages") or []]
-                                     for r in group])]
+        mem = [max(m) for m in zip(*[[s.get("peak_mem_bytes") or 0 for s in r.summary["stages"]]
+                                     for r in group if r.summary.get("stages")])]
         speed = [r.summary["samples_per_s"] for r in group if r.summary.get("samples_per_s")]
-        cells = [label, str(len(group)), _mean_std([r.summary.get("test_acc") for r in group]),
+        failed = sum(r.summary.get("status") != "ok" for r in group)  # e.g. a non-finite loss: no test_acc
+        cells = [label, f"{len(group)}, {failed} failed" if failed else str(len(group)), _mean_std([r.summary.get("test_acc") for r in group]),
                  _mean_std([r.summary.get("final_train_loss") for r in group]),
                  f"{sum(speed) / len(speed):.0f}" if speed else "", "/".join(f"{m / 2**20:.1f}" for m in mem)]
         sigma = [row["sigma"] for r in group for row in r.rows if isinstance(row.get("sigma"), (int, float))]

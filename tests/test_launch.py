@@ -195,9 +195,12 @@ def test_line_table_mean_and_std_by_hand(tmp_path):
         summary.update(test_acc=acc, final_train_loss=acc / 10, samples_per_s=100.0 * (seed + 1),
                        stages=[{"peak_mem_bytes": m * 2**20} for m in mem])
         (d / "summary.json").write_text(json.dumps(summary))
+    fake_run(tmp_path / "4", "fr", 2, 3, diag=False)  # diverged: no test_acc, no loss, no memory
+    (tmp_path / "4" / "summary.json").write_text(json.dumps({"algo": "fr", "splits": 2, "seed": 3,
+                                                             "status": "error: non-finite training loss"}))
     rows = plot.line_table(plot.find_runs(tmp_path)).splitlines()
     # fr: mean 0.85, sample std sqrt((0.05^2 + 0.05^2) / 2) = 0.05; memory: the largest per stage
-    assert rows[2] == "| fr K=2 (3 seeds) | 3 | 0.8500 ± 0.0500 | 0.0850 ± 0.0050 | 200 | 3.0/5.0 |  |"
+    assert rows[2] == "| fr K=2 (4 seeds) | 4, 1 failed | 0.8500 ± 0.0500 | 0.0850 ± 0.0050 | 200 | 3.0/5.0 |  |"
     assert rows[3] == "| bp K=1 | 1 | 0.7000 | 0.0700 | 100 | 7.0 |  |"
 
 
