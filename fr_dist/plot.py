@@ -9,7 +9,7 @@ into that path, or into ``--out DIR``:
   start-up and evaluation excluded);
 - test_acc_vs_epoch.png, test_acc_vs_time.png: test accuracy of the evaluation rows;
 - sigma_vs_step.png, cos_vs_step.png: when rows carry keys starting with ``sigma`` or
-  ``cos`` (the sufficient-direction diagnostic), one line per key.
+  ``cos`` (the sufficient-direction diagnostic), one curve per key, one panel per line.
 
 One line per (algo, splits), plus any other setting whose value differs between the
 runs; runs that differ only in their seed are averaged. Two markdown tables are printed:
@@ -184,6 +184,10 @@ def _mean_std(values: list) -> str:
     return f"{mean:.4f} ± {std:.4f}"
 
 
+def _short(v: float) -> str:
+    return f"{v:.2f}" if abs(v) < 1000 else f"{v:.1e}"  # a diverging run's sigma can be huge
+
+
 def line_table(runs: list[Run]) -> str:
     """One markdown row per line of the figures: test accuracy and final training loss as
     mean ± sample standard deviation over its runs that finished (failed ones are counted), each stage's peak activation memory (the
@@ -200,7 +204,7 @@ def line_table(runs: list[Run]) -> str:
                  _mean_std([r.summary.get("final_train_loss") for r in group]),
                  f"{sum(speed) / len(speed):.0f}" if speed else "", "/".join(f"{m / 2**20:.1f}" for m in mem)]
         sigma = [row["sigma"] for r in group for row in r.rows if isinstance(row.get("sigma"), (int, float))]
-        cells.append(f"{sum(sigma) / len(sigma):.2f} ({min(sigma):.2f})" if sigma else "")
+        cells.append(f"{_short(sum(sigma) / len(sigma))} ({_short(min(sigma))})" if sigma else "")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
@@ -244,6 +248,38 @@ def _figure(path: Path, curves: dict[str, tuple[list, list]], xlabel: str, ylabe
     return path
 
 
+def _panels(path: Path, panels: dict[str, dict[str, tuple[list, list]]], xlabel: str, ylabel: str,
+            title: str) -> Path | None:
+    """One panel of curves per line (a figure of its own when there is one line)."""
+    if len(panels) <= 1:
+        return _figure(path, next(iter(panels.values()), {}), xlabel, ylabel, title)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharex=True)
+    for ax, (label, curves) in zip(axes.flat, panels.items()):
+        for key, (xs, ys) in curves.items():
+            ax.plot(xs, ys, label=key, linewidth=1.5 if key == ylabel else 1.0)
+        ax.set_title(label, fontsize="medium")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="x-small")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot(runs: list[Run], root: Path) -> list[Path]:
     """Draw the PNG files of `runs` into the directory `root`; their paths."""
     root = Path(root)
@@ -271,14 +307,17 @@ def plot(runs: list[Run], root: Path) -> list[Path]:
                        if k.startswith(prefix) and isinstance(v, (int, float)) and not isinstance(v, bool)})
         if not keys:
             continue
-        curves = {}
+        panels = {}  # one panel per line: its stages' curves ("sigma" alone is the whole model)
         for label, runs_ in named.items():
+            panel = {}
             for key in keys:
                 c = _mean_curves({label: runs_}, lambda r, key=key: ((row["step"], row["step"], row[key])
                                                                      for row in r.rows if key in row))
                 if c:
-                    curves[f"{label}: {key}" if len(named) > 1 else key] = c[label]
-        written.append(_figure(root / f"{prefix}_vs_step.png", curves, "step", prefix, f"{prefix} per stage"))
+                    panel[key] = c[label]
+            if panel:
+                panels[label] = panel
+        written.append(_panels(root / f"{prefix}_vs_step.png", panels, "step", prefix, f"{prefix} per stage"))
     return [p for p in written if p is not None]
 
 
