@@ -27,7 +27,7 @@ class Engine:
         self.x = self.h = self.grad_x = self.y = None
         self.losses: list[torch.Tensor] = []  # of the last stage, one per batch
         self.correct = 0  # evaluation: correct predictions so far
-        self.busy_s = 0.0  # seconds in compute actions
+        self.busy_s = 0.0  # seconds in compute actions, waits for an error gradient left out
         self.history: list[Action] = []  # recent actions, printed when a rank fails
 
     def run(self, actions: list[Action]) -> None:
@@ -70,7 +70,10 @@ class Engine:
         self.h = self.worker.evaluate(self.x) if a.eval else self.worker.forward(a.batch, self.x)
 
     def _backward(self, a: Action) -> None:
-        self.grad_x = self.worker.backward(a.batch, self.links["g_in"].wait(a.batch))
+        start = time.perf_counter()
+        grad = self.links["g_in"].wait(a.batch)
+        self.busy_s -= time.perf_counter() - start  # run() times the whole action; waiting is not compute
+        self.grad_x = self.worker.backward(a.batch, grad)
 
     def _local_backward(self, a: Action) -> None:
         self.grad_x = self.worker.local_backward(a.batch)
