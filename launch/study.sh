@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The study of docs/RESULTS.md: every run behind its tables and figures, then the figures.
-# ~2 hours on 2 cores. Runs go under study/ (or $1); installs what it needs like launch/test.sh.
+# About 2 hours on 2 cores (1 h 58 min here). Runs go under study/ (or $1); installs what it
+# needs like launch/test.sh.
 #   accuracy/  bp K=1 and fr, ddg, dni at K=2,3,4, 3 seeds, 2 epochs (conf/experiment/study_fashion.yaml)
 #   long/      bp K=1 and fr K=4 for 10 epochs
 #   memory/    peak activation memory per stage of fr, ddg, gpipe at K=2,3,4 (20 steps)
@@ -26,6 +27,5 @@ for seed in 0 1 2; do
 done
 # the tables and figures of docs/RESULTS.md
 .venv/bin/python -m fr_dist.plot "$OUT/accuracy" --out docs/accuracy
-.venv/bin/python -m fr_dist.plot "$OUT/accuracy" --only algo=fr --out docs/accuracy_fr
 .venv/bin/python -m fr_dist.plot "$OUT/long" --out docs/long
 .venv/bin/python -m fr_dist.plot "$OUT/memory"
