@@ -19,7 +19,7 @@ one row per run, and one per line (mean ± std over seeds, memory, sigma).
 from __future__ import annotations
 
 import json
-import math
+import statistics
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -175,13 +175,9 @@ def lines(runs: list[Run]) -> dict[str, list[Run]]:
 
 def _mean_std(values: list) -> str:
     values = [float(v) for v in values if v is not None]
-    if not values:
-        return ""
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.4f}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))  # sample std
-    return f"{mean:.4f} ± {std:.4f}"
+    if len(values) < 2:
+        return f"{values[0]:.4f}" if values else ""
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"  # sample std
 
 
 def _short(v: float) -> str:
@@ -190,9 +186,9 @@ def _short(v: float) -> str:
 
 def line_table(runs: list[Run]) -> str:
     """One markdown row per line of the figures: test accuracy and final training loss as
-    mean ± sample standard deviation over its runs that finished (failed ones are counted), each stage's peak activation memory (the
-    largest over its runs), and the whole model's sufficient-direction sigma over all its
-    measurements (when the runs had `diag_every`)."""
+    mean ± sample standard deviation over its runs that finished (failed ones are counted),
+    each stage's peak activation memory (the largest over its runs), and the whole model's
+    sufficient-direction sigma over all its measurements (when the runs had `diag_every`)."""
     out = ["| line | runs | test_acc | final_train_loss | samples/s | peak activations MiB per stage "
            "| sigma mean (min) |", "|---|---|---|---|---|---|---|"]
     for label, group in lines(runs).items():
@@ -200,7 +196,8 @@ def line_table(runs: list[Run]) -> str:
                                      for r in group if r.summary.get("stages")])]
         speed = [r.summary["samples_per_s"] for r in group if r.summary.get("samples_per_s")]
         failed = sum(r.summary.get("status") != "ok" for r in group)  # e.g. a non-finite loss: no test_acc
-        cells = [label, f"{len(group)}, {failed} failed" if failed else str(len(group)), _mean_std([r.summary.get("test_acc") for r in group]),
+        cells = [label, f"{len(group)}, {failed} failed" if failed else str(len(group)),
+                 _mean_std([r.summary.get("test_acc") for r in group]),
                  _mean_std([r.summary.get("final_train_loss") for r in group]),
                  f"{sum(speed) / len(speed):.0f}" if speed else "", "/".join(f"{m / 2**20:.1f}" for m in mem)]
         sigma = [row["sigma"] for r in group for row in r.rows if isinstance(row.get("sigma"), (int, float))]

@@ -8,9 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/install.sh
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
-fi
+source launch/fashion_mnist.sh
 export WANDB_MODE=${WANDB_MODE:-disabled}
 OUT=${1:-study}
 sweep() { dir=$1; shift; .venv/bin/python -m fr_dist.launch -m +experiment=study_fashion progress=false \
