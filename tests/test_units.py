@@ -10,11 +10,10 @@ import torch.nn as nn
 
 from fr_dist import FRError
 from fr_dist.algos import fr
-from fr_dist.config import OptimConfig, ScheduleConfig, validate
+from fr_dist.config import CONF_DIR, OptimConfig, ScheduleConfig, compose, validate
 from fr_dist.lr import make_lr
 from fr_dist.partition import stage_cuts
 from fr_dist.ring import RingBuffer
-from fr_dist.config import CONF_DIR, compose
 
 
 def test_uniform_partition_covers_blocks_in_order():
