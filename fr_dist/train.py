@@ -21,12 +21,14 @@ import torch.distributed
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from fr_dist import algos, checkpoint, data as datasets, dist, loop
+from fr_dist import algos, data as datasets
+from fr_dist.runtime import checkpoint, groups as dist, loop
+from fr_dist.runtime.links import Link, negotiate_shapes
 from fr_dist.config import CONF_DIR, Config, compose, validate
-from fr_dist.engine import Engine
+from fr_dist.runtime.engine import Engine
 from fr_dist.errors import FRError
-from fr_dist.lr import make_lr
-from fr_dist.metrics import Reporter
+from fr_dist.optim import make_lr
+from fr_dist.runtime.metrics import Reporter
 from fr_dist.models import build_blocks
 from fr_dist.partition import stage_cuts
 
@@ -115,7 +117,7 @@ def profiled_cuts(rt: dist.Runtime, blocks, in_shape, c: Config) -> list[int]:
     model (non-last stage 2f+b, last f+b, plus the boundary transfers).
     """
     from fr_dist.partition import predicted_stage_costs, profiled_cuts as best
-    from fr_dist.profile import profile_model
+    from fr_dist.partition.profile import profile_model
 
     box = [None]
     if rt.rank == 0:
@@ -192,14 +194,14 @@ def setup(c: Config, raw, rt: dist.Runtime, run_dir: str | None, overrides: list
         module.train()
         return tuple(out.shape), out.dtype
 
-    in_spec, out_spec = dist.negotiate_shapes(rt, ((c.batch_size, *in_shape), torch.float32), output_spec)
+    in_spec, out_spec = negotiate_shapes(rt, ((c.batch_size, *in_shape), torch.float32), output_spec)
     links = {}
     if k > 0:
-        links["x_in"] = dist.Link(f"x {k-1}->{k}", rt.groups[(k - 1, k)], k - 1, *in_spec, device)
-        links["g_out"] = dist.Link(f"g {k}->{k-1}", rt.groups[(k, k - 1)], k - 1, *in_spec, device)
+        links["x_in"] = Link(f"x {k-1}->{k}", rt.groups[(k - 1, k)], k - 1, *in_spec, device)
+        links["g_out"] = Link(f"g {k}->{k-1}", rt.groups[(k, k - 1)], k - 1, *in_spec, device)
     if not last:
-        links["x_out"] = dist.Link(f"x {k}->{k+1}", rt.groups[(k, k + 1)], k + 1, *out_spec, device)
-        links["g_in"] = dist.Link(f"g {k+1}->{k}", rt.groups[(k + 1, k)], k + 1, *out_spec, device)
+        links["x_out"] = Link(f"x {k}->{k+1}", rt.groups[(k, k + 1)], k + 1, *out_spec, device)
+        links["g_in"] = Link(f"g {k+1}->{k}", rt.groups[(k + 1, k)], k + 1, *out_spec, device)
 
     T = c.epochs * steps_per_epoch if c.max_steps is None else min(c.max_steps, c.epochs * steps_per_epoch)
     lr_of = make_lr(c.optim, steps_per_epoch, T)

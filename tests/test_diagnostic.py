@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from fr_dist import reference
 from fr_dist.algos import fr
-from fr_dist.diagnostic import stepped_batches
+from fr_dist.runtime.diagnostic import stepped_batches
 from tests.test_fr_distributed import COMMON, MLP, RESNET8, distributed, simulation_inputs
 
 

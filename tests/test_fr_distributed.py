@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fr_dist import checkpoint, data as datasets
+from fr_dist.runtime import checkpoint, data as datasets
 from fr_dist.config import validate
-from fr_dist.lr import make_lr
+from fr_dist.optim import make_lr
 from fr_dist.models import build_blocks
 from fr_dist.partition import stage_cuts
 from fr_dist.reference import backprop, features_replay

@@ -128,7 +128,7 @@ def test_wandb_offline_history_matches_metrics(sweep):
 
 
 def test_plot_writes_the_sweeps_pngs(sweep):
-    from fr_dist import plot
+    from fr_dist.tools import plot
 
     d, _ = sweep
     assert plot.main([str(d)]) == 0
@@ -164,7 +164,7 @@ def fake_run(d: Path, algo: str, K: int, seed: int, diag: bool) -> None:
 
 
 def test_plot_averages_seeds_and_draws_diagnostics(tmp_path):
-    from fr_dist import plot
+    from fr_dist.tools import plot
 
     for i, (algo, K, seed) in enumerate([("fr", 2, 0), ("fr", 2, 1), ("bp", 1, 0)]):
         fake_run(tmp_path / "runs" / str(i), algo, K, seed, diag=algo == "fr")
@@ -185,7 +185,7 @@ def test_plot_averages_seeds_and_draws_diagnostics(tmp_path):
 
 
 def test_line_table_mean_and_std_by_hand(tmp_path):
-    from fr_dist import plot
+    from fr_dist.tools import plot
 
     for i, (algo, K, seed, acc, mem) in enumerate([("fr", 2, 0, 0.80, [3, 1]), ("fr", 2, 1, 0.90, [1, 5]),
                                                    ("fr", 2, 2, 0.85, [2, 2]), ("bp", 1, 0, 0.70, [7])]):
@@ -205,7 +205,7 @@ def test_line_table_mean_and_std_by_hand(tmp_path):
 
 
 def test_labels_ignore_keys_of_other_algorithms(tmp_path):
-    from fr_dist import plot
+    from fr_dist.tools import plot
 
     for i, (algo, extra) in enumerate([("fr", ""), ("dni", "algo:\n  synth: auto\n")]):
         fake_run(tmp_path / str(i), algo, 2, 0, diag=False)

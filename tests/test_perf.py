@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from fr_dist import FRError
 from fr_dist.partition import (fr_stage_cost, pipeline_cuts, predicted_stage_costs, profiled_cuts, stage_cuts)
-from fr_dist.profile import link_seconds, profile_blocks, profile_model
-from fr_dist.simulate import predict, scaling_table, simulate
+from fr_dist.partition.profile import link_seconds, profile_blocks, profile_model
+from fr_dist.tools.simulate import predict, scaling_table, simulate
 
 
 # ---------------------------------------------------------------------------------------
@@ -42,7 +42,7 @@ def test_dp_partition_equals_brute_force(seed):
         want = brute_force(n, K, lambda a, b, last: fr_stage_cost(costs, a, b, link, last))
         assert got == pytest.approx(want, rel=1e-12)
         pc = pipeline_cuts(costs, K, link)
-        from fr_dist.partition import _link_at
+        from fr_dist.partition.cuts import _link_at
 
         def pipe_cost(a, b, last):
             return sum(f + bb for f, bb in costs[a:b]) + _link_at(link, a, n) + _link_at(link, b, n)
@@ -200,7 +200,7 @@ def test_link_seconds_grows_with_size():
 
 
 def test_bench_table_on_fake_measurements():
-    from fr_dist import bench
+    from fr_dist.tools import bench
 
     def run(name, sps, busy):
         return {"name": name, "samples_per_s": sps, "busy_frac": busy, "peak_mem_bytes": [2**20] * len(busy),
@@ -233,7 +233,7 @@ def test_bench_table_on_fake_measurements():
 
 
 def test_bench_arguments():
-    from fr_dist import bench
+    from fr_dist.tools import bench
 
     a = bench.parse(["--quick"])
     assert a.repeats == 1 and a.steps == 8 and a.scaling_models == "" and a.no_contention
@@ -246,7 +246,7 @@ def test_bench_arguments():
 
 
 def test_bench_report_on_fake_profile():
-    from fr_dist import bench
+    from fr_dist.tools import bench
 
     costs = [(1.0, 2.0)] * 6
     a = bench.parse(["--quick"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fr_dist import checkpoint
+from fr_dist.runtime import checkpoint
 from tests.ranks import free_port, run_ranks, start_ranks
 from tests.test_fr_distributed import COMMON, MLP, RESNET8, assert_states_equal, distributed
 

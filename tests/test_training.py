@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fr_dist import FRError, checkpoint, data as datasets, evaluate, export
+from fr_dist import FRError, data as datasets
+from fr_dist.runtime import checkpoint
+from fr_dist.tools import evaluate, export
 from fr_dist.config import validate
 from fr_dist.models import MODELS, build_blocks
 from fr_dist.config import compose

@@ -11,9 +11,9 @@ import torch.nn as nn
 from fr_dist import FRError
 from fr_dist.algos import fr
 from fr_dist.config import CONF_DIR, OptimConfig, ScheduleConfig, compose, validate
-from fr_dist.lr import make_lr
+from fr_dist.optim import make_lr
 from fr_dist.partition import stage_cuts
-from fr_dist.ring import RingBuffer
+from fr_dist.runtime.ring import RingBuffer
 
 
 def test_uniform_partition_covers_blocks_in_order():
@@ -143,7 +143,7 @@ def test_replay_reuses_the_dropout_mask_and_leaves_the_stream():
 
 
 def test_more_nccl_stages_than_gpus(monkeypatch):
-    from fr_dist import dist
+    from fr_dist.runtime import groups as dist
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -158,7 +158,7 @@ def test_busy_time_leaves_out_the_wait_for_the_error_gradient():
     import time
 
     from fr_dist.algos.base import Action
-    from fr_dist.engine import Engine
+    from fr_dist.runtime.engine import Engine
 
     class SlowLink:  # the gradient arrives 0.3 s after the stage asks for it
         def wait(self, batch):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from fr_dist.algos.base import Action, Worker, last_stage, source
+from fr_dist.algos.base import Worker
+from fr_dist.runtime.actions import Action, last_stage, source
 
 
 def iterations(stage: int, K: int, T: int) -> int:

@@ -39,7 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fr_dist.algos.base import Action, Worker, last_stage, source
+from fr_dist.algos.base import Worker
+from fr_dist.runtime.actions import Action, last_stage, source
 
 # Algorithm options (conf/algo/dni.yaml) and their defaults.
 OPTIONS = {"synth": "auto", "synth_lr": None, "synth_hidden": None}

@@ -22,8 +22,9 @@ from __future__ import annotations
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fr_dist.algos.base import Action, Worker, last_stage, source
-from fr_dist.ring import RingBuffer
+from fr_dist.algos.base import Worker
+from fr_dist.runtime.actions import Action, last_stage, source
+from fr_dist.runtime.ring import RingBuffer
 
 
 def iterations(stage: int, K: int, T: int) -> int:

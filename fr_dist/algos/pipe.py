@@ -41,7 +41,9 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from fr_dist.algos.base import Action, Worker, saved_storages
+from fr_dist.algos.base import Worker
+from fr_dist.runtime.actions import Action
+from fr_dist.runtime.memory import saved_storages
 
 # torch.distributed.pipelining is imported on first use: it pulls in dynamo and
 # DTensor (seconds of start-up) that the other algorithms never need.

@@ -11,7 +11,8 @@ import time
 
 import torch
 
-from fr_dist.algos.base import Action, Worker
+from fr_dist.algos.base import Worker
+from fr_dist.runtime.actions import Action
 
 COMPUTE = ("forward", "backward", "local_backward", "loss", "step", "train_step", "score")
 

@@ -50,7 +50,7 @@ def stage_cuts(n_blocks: int, splits: int, partition, costs=None, link_s=0.0) ->
 # sides (its input features / output gradient, its output features / input
 # gradient). With equal links a middle stage thus pays DESIGN.md's "two link
 # latencies". This is an upper bound of the steady-state period: the event
-# simulation (fr_dist.simulate) equals max_k stage compute when links are free
+# simulation (fr_dist.tools.simulate) equals max_k stage compute when links are free
 # and lies between that and this model otherwise, because sends are
 # non-blocking and a busy neighbour hides part of a transfer. For two stages the
 # exact period is max(C_0, C_1, (C_0 + C_1 + 2L) / 2).
@@ -129,7 +129,7 @@ def best_cuts(n: int, K: int, stage_cost) -> list[int]:
 def profiled_cuts(costs, K: int, link_s=0.0) -> list[int]:
     """Boundaries [0, c1, .., n] minimising the largest FR stage cost (see above).
 
-    `costs`: per-block (f, b) seconds (fr_dist.profile.profile_blocks); `link_s`:
+    `costs`: per-block (f, b) seconds (fr_dist.partition.profile.profile_blocks); `link_s`:
     one number for every cut, or a list of n+1 per-cut costs indexed by cut c (the
     features entering block c; Profile.link_costs gives it).
     """

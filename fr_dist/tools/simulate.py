@@ -1,6 +1,6 @@
 """Timeline simulator: predict seconds per iteration (one batch) from measured costs.
 
-Inputs: per-block (f, b) seconds (``fr_dist.profile``: f = forward without graph,
+Inputs: per-block (f, b) seconds (``fr_dist.partition.profile``: f = forward without graph,
 f + b = forward with graph + backward) and link seconds (one number, or a list of
 n+1 per-cut costs indexed by cut c, as in ``fr_dist.partition``).
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fr_dist.algos import bp as _bp, fr as _fr
-from fr_dist.partition import _check, _link_at, pipeline_cuts, profiled_cuts
+from fr_dist.partition.cuts import _check, _link_at, pipeline_cuts, profiled_cuts
 
 ALGOS = ("bp", "fr", "gpipe", "1f1b")
 

@@ -23,7 +23,7 @@ import torch.distributed as tdist
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fr_dist.algos.base import in_flight
+from fr_dist.runtime.actions import in_flight
 
 
 def _diag_id(j: int) -> int:

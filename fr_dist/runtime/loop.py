@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as tdist
 
-from fr_dist import checkpoint, diagnostic
-from fr_dist.algos.base import eval_schedule, in_flight
+from fr_dist.runtime import checkpoint, diagnostic
+from fr_dist.runtime.actions import eval_schedule, in_flight
 
 PREEMPT_CHECK_EVERY = 10  # iterations between (non-blocking) checks for SIGTERM on any rank
 

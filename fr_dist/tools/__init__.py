@@ -1,0 +1,1 @@
+"""Tools around training: sweeps (launch), benchmark, simulator, plots, export and evaluation."""

@@ -1,0 +1,368 @@
+"""Curves and tables of finished runs: ``python -m fr_dist.plot RUN_OR_SWEEP_DIR...``
+
+Every run directory under each given path (one with metrics.jsonl and summary.json) is
+read (``--only algo=fr`` keeps the runs whose summary has that value); the PNG files go
+into that path, or into ``--out DIR``:
+
+- loss_vs_step.png, loss_vs_time.png: training loss against the step and the training
+  time (the rows' ``time_s`` when logged, else accumulated from each row's samples_per_s:
+  start-up and evaluation excluded);
+- test_acc_vs_epoch.png, test_acc_vs_time.png: test accuracy of the evaluation rows;
+- sigma_vs_step.png, cos_vs_step.png: when rows carry keys starting with ``sigma`` or
+  ``cos`` (the sufficient-direction diagnostic), one curve per key, one panel per line.
+
+One line per (algo, splits), plus any other setting whose value differs between the
+runs; runs that differ only in their seed are averaged. Two markdown tables are printed:
+one row per run, and one per line (mean ± std over seeds, memory, sigma).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DIAG_PREFIXES = ("sigma", "cos")
+IGNORED_OVERRIDES = ("seed", "algo", "splits", "progress", "hydra.", "wandb.")
+
+
+@dataclass
+class Run:
+    path: Path
+    summary: dict
+    rows: list[dict]  # one per step and kind (training, evaluation), the last one logged
+    batch_size: int | None = None
+    overrides: dict = field(default_factory=dict)  # from .hydra/overrides.yaml, without IGNORED_OVERRIDES
+    config: dict = field(default_factory=dict)  # .hydra/config.yaml flattened to dotted keys, the same keys left out
+    _times: dict | None = field(default=None, repr=False)
+
+    @property
+    def train_rows(self) -> list[dict]:
+        return [r for r in self.rows if "loss" in r]
+
+    @property
+    def eval_rows(self) -> list[dict]:
+        return [r for r in self.rows if "test_acc" in r]
+
+    def times(self) -> dict[int, float]:
+        """Seconds of training up to each logged training step."""
+        if self._times is None:
+            self._times = self._compute_times()
+        return self._times
+
+    def _compute_times(self) -> dict[int, float]:
+        # Each row's samples_per_s covers the steps since the previous row, over the time since
+        # that row (or since the last evaluation ended), so the sum is the training time.
+        rows = self.train_rows
+        if rows and all("time_s" in r for r in rows):
+            return {r["step"]: float(r["time_s"]) for r in rows}
+        if not self.batch_size:
+            return {}
+        out, t, last = {}, 0.0, 0
+        for r in rows:
+            rate = r.get("samples_per_s")
+            if not rate:
+                return {}
+            t += (r["step"] - last) * self.batch_size / rate
+            out[r["step"]], last = t, r["step"]
+        return out
+
+    def time_at(self, step: int, row: dict) -> float | None:
+        if "time_s" in row:
+            return float(row["time_s"])
+        times = self.times()
+        before = [s for s in times if s <= step]
+        return times[max(before)] if before else None
+
+
+def find_runs(root: Path) -> list[Run]:
+    """Every run directory at or under `root`, sorted by path."""
+    root = Path(root)
+    candidates = [root] if (root / "metrics.jsonl").is_file() else []
+    candidates += sorted(p.parent for p in root.rglob("metrics.jsonl"))
+    runs, seen = [], set()
+    for d in candidates:
+        if d in seen or not (d / "summary.json").is_file():
+            continue
+        seen.add(d)
+        runs.append(load_run(d))
+    return runs
+
+
+def load_run(d: Path) -> Run:
+    summary = json.loads((d / "summary.json").read_text())
+    by_key = {}
+    for line in (d / "metrics.jsonl").read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a row cut short by a crash
+        if "step" in row:  # a resumed run logs some steps again: the last row wins
+            by_key[(row["step"], "test_acc" in row, "loss" in row)] = row
+    rows = sorted(by_key.values(), key=lambda r: (r["step"], "test_acc" in r))
+    run = Run(d, summary, rows)
+    cfg = d / ".hydra" / "config.yaml"
+    if cfg.is_file():
+        from omegaconf import OmegaConf
+
+        try:
+            raw = OmegaConf.to_container(OmegaConf.load(cfg), resolve=False)
+            run.batch_size = int(raw.get("batch_size"))
+            run.config = {k: v for k, v in _flatten(raw).items() if not _ignored(k) and k != "algo.name"}
+        except Exception:
+            pass
+    ovr = d / ".hydra" / "overrides.yaml"
+    if ovr.is_file():
+        from omegaconf import OmegaConf
+
+        try:
+            for o in OmegaConf.to_container(OmegaConf.load(ovr)):
+                key, _, value = str(o).partition("=")
+                key = key.lstrip("+~")
+                if not _ignored(key):
+                    run.overrides[key] = value
+        except Exception:
+            pass
+    return run
+
+
+def _ignored(key: str) -> bool:
+    return any(key == i or (i.endswith(".") and key.startswith(i)) for i in IGNORED_OVERRIDES)
+
+
+def _flatten(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else str(v)
+    return out
+
+
+def labels(runs: list[Run]) -> list[str]:
+    """A line's name per run: algo, splits, and the settings that differ between runs.
+
+    Settings come from each run's saved config, or from its overrides where a run has none.
+    """
+    from_config = all(r.config for r in runs)
+    settings = [r.config for r in runs] if from_config else [r.overrides for r in runs]
+    keys = sorted({k for s in settings for k in s})
+    # A saved config holds only its own algorithm's algo.* keys: a key some runs lack does not vary.
+    varying = [k for k in keys
+               if len({s[k] for s in settings if k in s} if from_config else {s.get(k) for s in settings}) > 1]
+    out = []
+    for r, s in zip(runs, settings):
+        extra = " ".join(f"{k}={s[k]}" for k in varying if k in s)
+        out.append(f"{r.summary.get('algo', '?')} K={r.summary.get('splits', '?')}" + (f" {extra}" if extra else ""))
+    return out
+
+
+def lines(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs grouped into the lines of the figures, by `labels`; seeds are counted in the name."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run, label in zip(runs, labels(runs)):
+        groups[label].append(run)
+    return {(f"{k} ({len(v)} seeds)" if len({r.summary.get('seed') for r in v}) > 1 else k): v
+            for k, v in groups.items()}
+
+
+def _mean_std(values: list) -> str:
+    values = [float(v) for v in values if v is not None]
+    if len(values) < 2:
+        return f"{values[0]:.4f}" if values else ""
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"  # sample std
+
+
+def _short(v: float) -> str:
+    return f"{v:.2f}" if abs(v) < 1000 else f"{v:.1e}"  # a diverging run's sigma can be huge
+
+
+def line_table(runs: list[Run]) -> str:
+    """One markdown row per line of the figures: test accuracy and final training loss as
+    mean ± sample standard deviation over its runs that finished (failed ones are counted),
+    each stage's peak activation memory (the largest over its runs), and the whole model's
+    sufficient-direction sigma over all its measurements (when the runs had `diag_every`)."""
+    out = ["| line | runs | test_acc | final_train_loss | samples/s | peak activations MiB per stage "
+           "| sigma mean (min) |", "|---|---|---|---|---|---|---|"]
+    for label, group in lines(runs).items():
+        mem = [max(m) for m in zip(*[[s.get("peak_mem_bytes") or 0 for s in r.summary["stages"]]
+                                     for r in group if r.summary.get("stages")])]
+        speed = [r.summary["samples_per_s"] for r in group if r.summary.get("samples_per_s")]
+        failed = sum(r.summary.get("status") != "ok" for r in group)  # e.g. a non-finite loss: no test_acc
+        cells = [label, f"{len(group)}, {failed} failed" if failed else str(len(group)),
+                 _mean_std([r.summary.get("test_acc") for r in group]),
+                 _mean_std([r.summary.get("final_train_loss") for r in group]),
+                 f"{sum(speed) / len(speed):.0f}" if speed else "", "/".join(f"{m / 2**20:.1f}" for m in mem)]
+        sigma = [row["sigma"] for r in group for row in r.rows if isinstance(row.get("sigma"), (int, float))]
+        cells.append(f"{_short(sum(sigma) / len(sigma))} ({_short(min(sigma))})" if sigma else "")
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _mean_curves(groups: dict[str, list[Run]], points) -> dict[str, tuple[list, list]]:
+    """Per group, x and y averaged over the group's runs; `points(run)` yields (key, x, y)."""
+    curves = {}
+    for label, runs in groups.items():
+        acc = defaultdict(list)
+        for run in runs:
+            for key, x, y in points(run):
+                if x is not None and y is not None:
+                    acc[key].append((x, y))
+        keys = sorted(acc)
+        xs = [sum(p[0] for p in acc[k]) / len(acc[k]) for k in keys]
+        ys = [sum(p[1] for p in acc[k]) / len(acc[k]) for k in keys]
+        if keys:
+            curves[label] = (xs, ys)
+    return curves
+
+
+def _figure(path: Path, curves: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str) -> Path | None:
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, (xs, ys) in curves.items():
+        ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _panels(path: Path, panels: dict[str, dict[str, tuple[list, list]]], xlabel: str, ylabel: str,
+            title: str) -> Path | None:
+    """One panel of curves per line (a figure of its own when there is one line)."""
+    if len(panels) <= 1:
+        return _figure(path, next(iter(panels.values()), {}), xlabel, ylabel, title)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharex=True)
+    for ax, (label, curves) in zip(axes.flat, panels.items()):
+        for key, (xs, ys) in curves.items():
+            ax.plot(xs, ys, label=key, linewidth=1.5 if key == ylabel else 1.0)
+        ax.set_title(label, fontsize="medium")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="x-small")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot(runs: list[Run], root: Path) -> list[Path]:
+    """Draw the PNG files of `runs` into the directory `root`; their paths."""
+    root = Path(root)
+    if not runs:
+        return []
+    named = lines(runs)
+    written = [
+        _figure(root / "loss_vs_step.png",
+                _mean_curves(named, lambda r: ((row["step"], row["step"], row["loss"]) for row in r.train_rows)),
+                "step", "training loss", "Training loss"),
+        _figure(root / "loss_vs_time.png",
+                _mean_curves(named, lambda r: ((row["step"], r.times().get(row["step"]), row["loss"])
+                                               for row in r.train_rows)),
+                "training time (s)", "training loss", "Training loss against time"),
+        _figure(root / "test_acc_vs_epoch.png",
+                _mean_curves(named, lambda r: ((row["step"], row.get("epoch"), row["test_acc"]) for row in r.eval_rows)),
+                "epoch", "test accuracy", "Test accuracy"),
+        _figure(root / "test_acc_vs_time.png",
+                _mean_curves(named, lambda r: ((row["step"], r.time_at(row["step"], row), row["test_acc"])
+                                               for row in r.eval_rows)),
+                "training time (s)", "test accuracy", "Test accuracy against time"),
+    ]
+    for prefix in DIAG_PREFIXES:
+        keys = sorted({k for r in runs for row in r.rows for k, v in row.items()
+                       if k.startswith(prefix) and isinstance(v, (int, float)) and not isinstance(v, bool)})
+        if not keys:
+            continue
+        panels = {}  # one panel per line: its stages' curves ("sigma" alone is the whole model)
+        for label, runs_ in named.items():
+            panel = {}
+            for key in keys:
+                c = _mean_curves({label: runs_}, lambda r, key=key: ((row["step"], row["step"], row[key])
+                                                                     for row in r.rows if key in row))
+                if c:
+                    panel[key] = c[label]
+            if panel:
+                panels[label] = panel
+        written.append(_panels(root / f"{prefix}_vs_step.png", panels, "step", prefix, f"{prefix} per stage"))
+    return [p for p in written if p is not None]
+
+
+def table(runs: list[Run], root: Path) -> str:
+    """The runs as the sweep's results table (fr_dist.launch), in markdown."""
+    from fr_dist.tools.launch import markdown_table, summary_row
+
+    rows = []
+    for run in runs:
+        rel = run.path.relative_to(root) if run.path.is_relative_to(root) else run.path
+        rows.append({"point": str(rel), **summary_row(run.summary),
+                     "overrides": " ".join(f"{k}={v}" for k, v in run.overrides.items())})
+    return markdown_table(rows, only_varying=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m fr_dist.plot", description=__doc__.split("\n\n")[0])
+    p.add_argument("paths", nargs="+", type=Path, help="run or sweep directories")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                   help="keep the runs whose summary.json has KEY equal to VALUE (e.g. algo=fr); repeatable")
+    p.add_argument("--out", type=Path, help="write the PNG files here instead of into each path")
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    only = [o.partition("=")[::2] for o in a.only]
+    if any(not k or not v for k, v in only):
+        print(f"[plot] error: --only takes KEY=VALUE, got {' '.join(a.only)}", file=sys.stderr)
+        return 1
+    status = 0
+    for root in a.paths:
+        if not root.is_dir():
+            print(f"[plot] error: {root} is not a directory", file=sys.stderr)
+            status = 1
+            continue
+        runs = [r for r in find_runs(root) if all(str(r.summary.get(k)) == v for k, v in only)]
+        if not runs:
+            print(f"[plot] error: no run directory (metrics.jsonl and summary.json) under {root}"
+                  + (f" with {' '.join(a.only)}" if only else ""), file=sys.stderr)
+            status = 1
+            continue
+        print(table(runs, root), end="")
+        print(line_table(runs), end="")
+        out = a.out or root
+        out.mkdir(parents=True, exist_ok=True)
+        for path in plot(runs, out):
+            print(f"[plot] wrote {path}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
