@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fr_dist.runtime import checkpoint, data as datasets
+from fr_dist import data as datasets
+from fr_dist.runtime import checkpoint
 from fr_dist.config import validate
 from fr_dist.optim import make_lr
 from fr_dist.models import build_blocks
