@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fr_dist.algos import ALGOS, fr
-from fr_dist.algos.base import eval_schedule
+from fr_dist.runtime.actions import eval_schedule
 from fr_dist.algos.pipe import PipeAlgo
 
 # gpipe and 1f1b bring their own communication (torch.distributed.pipelining).

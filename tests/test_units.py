@@ -157,7 +157,7 @@ def test_more_nccl_stages_than_gpus(monkeypatch):
 def test_busy_time_leaves_out_the_wait_for_the_error_gradient():
     import time
 
-    from fr_dist.algos.base import Action
+    from fr_dist.runtime.actions import Action
     from fr_dist.runtime.engine import Engine
 
     class SlowLink:  # the gradient arrives 0.3 s after the stage asks for it

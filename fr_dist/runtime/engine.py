@@ -11,7 +11,6 @@ import time
 
 import torch
 
-from fr_dist.algos.base import Worker
 from fr_dist.runtime.actions import Action
 
 COMPUTE = ("forward", "backward", "local_backward", "loss", "step", "train_step", "score")
@@ -23,7 +22,7 @@ def eval_id(e: int) -> int:
 
 
 class Engine:
-    def __init__(self, worker: Worker, data, links: dict, device: torch.device):
+    def __init__(self, worker, data, links: dict, device: torch.device):
         self.worker, self.data, self.links, self.device = worker, data, links, device
         self.x = self.h = self.grad_x = self.y = None
         self.losses: list[torch.Tensor] = []  # of the last stage, one per batch
