@@ -1,4 +1,4 @@
-"""`python -m fr_dist.bench`: the command; the implementation is fr_dist/tools/bench.py."""
+"""`python -m fr_dist.bench`: the command; the implementation is fr_dist/tools/bench/."""
 
 import sys
 

@@ -200,7 +200,7 @@ def test_link_seconds_grows_with_size():
 
 
 def test_bench_table_on_fake_measurements():
-    from fr_dist.tools import bench
+    from fr_dist.tools.bench import report
 
     def run(name, sps, busy):
         return {"name": name, "samples_per_s": sps, "busy_frac": busy, "peak_mem_bytes": [2**20] * len(busy),
@@ -213,7 +213,7 @@ def test_bench_table_on_fake_measurements():
               {"bp1": run("bp1", 90.0, [0.99]), "fr2": {"name": "fr2", "rc": 1, "error": "x"},
                "gpipe2": run("gpipe2", 99.0, [0.8, 0.8])}]
     predicted = {"bp1": 1.2, "fr2": 0.8}
-    rows = bench.summarise(rounds, ["bp1", "fr2", "gpipe2"], 128, predicted)
+    rows = report.summarise(rounds, ["bp1", "fr2", "gpipe2"], 128, predicted)
     fr = rows[1]
     assert fr["runs"] == 2 and fr["samples_per_s"] == pytest.approx(152.0)
     assert fr["vs_bp1"] == pytest.approx((1.5 + 1.4) / 2)  # within-round ratios, median
@@ -222,34 +222,34 @@ def test_bench_table_on_fake_measurements():
     assert fr["predicted_vs_bp1"] == pytest.approx(1.5)
     # one prediction per round (a fresh profile before each)
     per_round = [{"bp1": 1.2, "fr2": 0.8}, {"bp1": 1.1, "fr2": 0.8}, {"bp1": 1.0, "fr2": 0.7}]
-    fr = bench.summarise(rounds, ["bp1", "fr2"], 128, per_round)[1]
+    fr = report.summarise(rounds, ["bp1", "fr2"], 128, per_round)[1]
     assert fr["predicted_s_per_iter"] == pytest.approx(0.8)
     assert fr["predicted_vs_bp1"] == pytest.approx(1.0 / 0.7)  # median of 1.5, 1.375, 1.43
     assert fr["busy_frac"] == pytest.approx([0.91, 0.8])
-    assert bench.pair_ratio(rounds, "fr2", "gpipe2") == pytest.approx((150 / 140 + 154 / 120) / 2)
-    text = bench.format_table(rows, {"fr2": "FR K=2"})
+    assert report.pair_ratio(rounds, "fr2", "gpipe2") == pytest.approx((150 / 140 + 154 / 120) / 2)
+    text = report.format_table(rows, {"fr2": "FR K=2"})
     assert "| FR K=2 | 2 | 152.0 | 0.842 | 1.45x | 1.50x | 0.800 | 95% | 0.91/0.80 | 1/1 |" in text
     assert text.count("\n") == 5
 
 
 def test_bench_arguments():
-    from fr_dist.tools import bench
+    from fr_dist.tools.bench import cli, configs
 
-    a = bench.parse(["--quick"])
+    a = cli.parse(["--quick"])
     assert a.repeats == 1 and a.steps == 8 and a.scaling_models == "" and a.no_contention
     assert not a.profile_every_round
-    a = bench.parse([])
+    a = cli.parse([])
     assert a.repeats == 3 and a.steps == 40 and a.model == "resnet20" and a.batch_size == 128
-    over = bench.common_overrides(a)
+    over = configs.common_overrides(a)
     assert "max_steps=40" in over and "data.shape=[3,32,32]" in over and "ckpt_every=0" in over
-    assert bench.main(["--configs", "nope"]) == 1
+    assert cli.main(["--configs", "nope"]) == 1
 
 
 def test_bench_report_on_fake_profile():
-    from fr_dist.tools import bench
+    from fr_dist.tools.bench import cli, report
 
     costs = [(1.0, 2.0)] * 6
-    a = bench.parse(["--quick"])
+    a = cli.parse(["--quick"])
     out = {"date": "2026-11-25T14:00:00+00:00", "machine": "2 cores test",
            "profile": {"fr_cuts": [0, 3, 6], "fr_stage_costs": [12.0, 9.0], "bp1_s": 18.0,
                        "fr2_by_cut": {3: 12.0}, "link_costs": [0.0] * 7, "half_block_fr2_s": 11.0,
@@ -259,7 +259,7 @@ def test_bench_report_on_fake_profile():
              "predicted_s_per_iter": 12.0,
              "efficiency": 0.94, "busy_frac": [0.9, 0.7], "peak_mem_bytes": [2**21, 2**20]}]
     scaling = {"resnet-fake": {"rows": scaling_table(costs, 0.0, range(1, 4))}}
-    text = bench.report(out, rows, {"fr2": "FR K=2"}, {"FR K=2 / BP 1 thread": 1.4}, scaling, a)
+    text = report.report(out, rows, {"fr2": "FR K=2"}, {"FR K=2 / BP 1 thread": 1.4}, scaling, a)
     assert "| FR K=2 | 2 | 10.0 | 12.800 | 1.40x | 1.50x | 12.000 | 94% | 0.90/0.70 | 2/1 |" in text
     assert "FR K=2 / BP 1 thread 1.40x" in text and "1.64x BP" in text and "resnet-fake" in text
     assert "| 3 | [2, 4] |" in text
