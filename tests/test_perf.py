@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from fr_dist import FRError
 from fr_dist.partition import (fr_stage_cost, pipeline_cuts, predicted_stage_costs, profiled_cuts, stage_cuts)
-from fr_dist.partition.profile import link_seconds, profile_blocks, profile_model
+from fr_dist.partition.profile import link_seconds, profile_model
 from fr_dist.tools.simulate import predict, scaling_table, simulate
 
 
@@ -167,14 +167,14 @@ def _net():
             nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))]
 
 
-def test_profile_blocks_positive_and_leaves_state_untouched():
+def test_profile_positive_and_leaves_state_untouched():
     blocks = _net()
     blocks[1].eval()  # a mode of its own must survive
     state = [{k: v.clone() for k, v in b.state_dict().items()} for b in blocks]
     grads_before = [p.grad for b in blocks for p in b.parameters()]
     torch.manual_seed(123)
     rng = torch.get_rng_state()
-    costs = profile_blocks(blocks, (3, 8, 8), 4, "cpu", warmup=1, iters=2)
+    costs = profile_model(blocks, (3, 8, 8), 4, "cpu", warmup=1, iters=2).costs
     assert len(costs) == 3 and all(f > 0 and b > 0 for f, b in costs)
     assert torch.equal(torch.get_rng_state(), rng)
     for b, saved in zip(blocks, state):

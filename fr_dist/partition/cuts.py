@@ -129,7 +129,7 @@ def best_cuts(n: int, K: int, stage_cost) -> list[int]:
 def profiled_cuts(costs, K: int, link_s=0.0) -> list[int]:
     """Boundaries [0, c1, .., n] minimising the largest FR stage cost (see above).
 
-    `costs`: per-block (f, b) seconds (fr_dist.partition.profile.profile_blocks); `link_s`:
+    `costs`: per-block (f, b) seconds (fr_dist.partition.profile.profile_model(...).costs); `link_s`:
     one number for every cut, or a list of n+1 per-cut costs indexed by cut c (the
     features entering block c; Profile.link_costs gives it).
     """

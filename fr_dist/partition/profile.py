@@ -55,18 +55,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _clocked(fn, device: torch.device):
+    """(fn(), its seconds), the device synchronised before and after."""
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - start
+
+
 def _timed(fn, device: torch.device, warmup: int, iters: int) -> float:
     """Median seconds of `fn()` over `iters` runs after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_clocked(fn, device)[1] for _ in range(iters))
 
 
 @dataclass
@@ -127,25 +129,31 @@ def _target_for(out: torch.Tensor, gen, device):
 
 def _chain(blocks, x, gen, device, warmup, iters):
     n = len(blocks)
-    states = [_preserved(b).__enter__() for b in blocks]
-    try:
+    with _preserved(*blocks):
         for b in blocks:
             b.train()
         f_s: list[list[float]] = [[] for _ in range(n)]
         fb_s: list[list[float]] = [[] for _ in range(n)]
         shapes: list[tuple[int, ...]] = []
         target = grad_last = None
+
+        def backward(i):
+            if i == n - 1:
+                if target is not None:
+                    F.cross_entropy(hs[i], target).backward()
+                elif hs[i].requires_grad:
+                    hs[i].backward(grad_last)
+            elif hs[i].requires_grad and xs[i + 1].grad is not None:
+                hs[i].backward(xs[i + 1].grad)
+
         for it in range(warmup + iters):
             record = it >= warmup
             h = x
             with torch.no_grad():
                 for i, b in enumerate(blocks):
-                    _sync(device)
-                    start = time.perf_counter()
-                    h = b(h)
-                    _sync(device)
+                    h, seconds = _clocked(lambda: b(h), device)
                     if record:
-                        f_s[i].append(time.perf_counter() - start)
+                        f_s[i].append(seconds)
             if not shapes:
                 h = x
                 with torch.no_grad():
@@ -156,36 +164,20 @@ def _chain(blocks, x, gen, device, warmup, iters):
             xs, hs, fg = [], [], []
             h = x
             for i, b in enumerate(blocks):
-                xi = h.detach().requires_grad_(i > 0)
-                _sync(device)
-                start = time.perf_counter()
-                h = b(xi)
-                _sync(device)
-                fg.append(time.perf_counter() - start)
-                xs.append(xi)
+                xs.append(h.detach().requires_grad_(i > 0))
+                h, seconds = _clocked(lambda: b(xs[-1]), device)
+                fg.append(seconds)
                 hs.append(h)
             for i in range(n - 1, -1, -1):
-                _sync(device)
-                start = time.perf_counter()
-                if i == n - 1:
-                    if target is not None:
-                        F.cross_entropy(hs[i], target).backward()
-                    elif hs[i].requires_grad:
-                        hs[i].backward(grad_last)
-                elif hs[i].requires_grad and xs[i + 1].grad is not None:
-                    hs[i].backward(xs[i + 1].grad)
-                _sync(device)
+                seconds = _clocked(lambda: backward(i), device)[1]
                 if record:
-                    fb_s[i].append(fg[i] + time.perf_counter() - start)
+                    fb_s[i].append(fg[i] + seconds)
             del xs, hs
-        costs = []
-        for i in range(n):
-            f = statistics.median(f_s[i])
-            costs.append((f, max(statistics.median(fb_s[i]) - f, 0.0)))
-        return costs, shapes
-    finally:
-        for s in states:
-            s.__exit__(None, None, None)
+    costs = []
+    for i in range(n):
+        f = statistics.median(f_s[i])
+        costs.append((f, max(statistics.median(fb_s[i]) - f, 0.0)))
+    return costs, shapes
 
 
 def _isolated(blocks, x, gen, device, warmup, iters):
@@ -220,45 +212,29 @@ def _isolated(blocks, x, gen, device, warmup, iters):
     return costs, shapes
 
 
-def profile_blocks(blocks: Sequence[nn.Module], in_shape, batch_size: int, device, warmup: int = 2,
-                   iters: int = 5) -> list[tuple[float, float]]:
-    """Median (forward, backward) seconds of each block at `batch_size` on `device`.
-
-    `in_shape` is one sample's shape (C, H, W), without the batch. Forward is
-    timed without a graph; backward is (forward with graph + backward) minus
-    that forward, so f + b is the measured replay. State is left untouched (see
-    the module docstring).
-    """
-    return profile_model(blocks, in_shape, batch_size, device, warmup, iters).costs
-
-
 def _warm_up(blocks: Sequence[nn.Module], x: torch.Tensor) -> None:
     """One untimed forward + backward of the whole model: the process's first
     kernels (thread pools, primitive caches, first page faults) would otherwise be
     charged to the first block."""
-    states = [_preserved(b).__enter__() for b in blocks]
-    try:
+    with _preserved(*blocks):
         h = x
         for b in blocks:
             b.train()
             h = b(h)
         h.float().sum().backward()
-    finally:
-        for s in states:
-            s.__exit__(None, None, None)
 
 
 class _preserved:
-    """Restore a module's buffers, parameter gradients and training mode on exit."""
+    """Restore the modules' buffers, parameter gradients and training modes on exit."""
 
-    def __init__(self, module: nn.Module):
-        self.module = module
+    def __init__(self, *modules: nn.Module):
+        self.modules = modules
 
     def __enter__(self):
-        m = self.module
-        self.buffers = [(b, b.detach().clone()) for b in m.buffers()]
-        self.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for p in m.parameters()]
-        self.modes = [(mod, mod.training) for mod in m.modules()]
+        ms = self.modules
+        self.buffers = [(b, b.detach().clone()) for m in ms for b in m.buffers()]
+        self.grads = [(p, None if p.grad is None else p.grad.detach().clone()) for m in ms for p in m.parameters()]
+        self.modes = [(mod, mod.training) for m in ms for mod in m.modules()]
         return self
 
     def __exit__(self, *exc):

@@ -18,6 +18,7 @@ one row per run, and one per line (mean ± std over seeds, memory, sigma).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import sys
@@ -43,32 +44,23 @@ class Run:
     def train_rows(self) -> list[dict]:
         return [r for r in self.rows if "loss" in r]
 
-    @property
-    def eval_rows(self) -> list[dict]:
-        return [r for r in self.rows if "test_acc" in r]
-
     def times(self) -> dict[int, float]:
-        """Seconds of training up to each logged training step."""
-        if self._times is None:
-            self._times = self._compute_times()
-        return self._times
+        """Seconds of training up to each logged training step (worked out once).
 
-    def _compute_times(self) -> dict[int, float]:
-        # Each row's samples_per_s covers the steps since the previous row, over the time since
-        # that row (or since the last evaluation ended), so the sum is the training time.
-        rows = self.train_rows
-        if rows and all("time_s" in r for r in rows):
-            return {r["step"]: float(r["time_s"]) for r in rows}
-        if not self.batch_size:
-            return {}
-        out, t, last = {}, 0.0, 0
-        for r in rows:
-            rate = r.get("samples_per_s")
-            if not rate:
-                return {}
-            t += (r["step"] - last) * self.batch_size / rate
-            out[r["step"]], last = t, r["step"]
-        return out
+        The rows' time_s, else: each row's samples_per_s covers the steps since the previous
+        row, over the time since that row (or since the last evaluation ended), so the sum is
+        the training time. Empty when neither is there.
+        """
+        if self._times is None:
+            rows, self._times = self.train_rows, {}
+            if rows and all("time_s" in r for r in rows):
+                self._times = {r["step"]: float(r["time_s"]) for r in rows}
+            elif self.batch_size and all(r.get("samples_per_s") for r in rows):
+                t, last = 0.0, 0
+                for r in rows:
+                    t += (r["step"] - last) * self.batch_size / r["samples_per_s"]
+                    self._times[r["step"]], last = t, r["step"]
+        return self._times
 
     def time_at(self, step: int, row: dict) -> float | None:
         if "time_s" in row:
@@ -80,25 +72,14 @@ class Run:
 
 def find_runs(root: Path) -> list[Run]:
     """Every run directory at or under `root`, sorted by path."""
-    root = Path(root)
-    candidates = [root] if (root / "metrics.jsonl").is_file() else []
-    candidates += sorted(p.parent for p in root.rglob("metrics.jsonl"))
-    runs, seen = [], set()
-    for d in candidates:
-        if d in seen or not (d / "summary.json").is_file():
-            continue
-        seen.add(d)
-        runs.append(load_run(d))
-    return runs
+    dirs = sorted({p.parent for p in Path(root).rglob("metrics.jsonl")})  # `root` itself first
+    return [load_run(d) for d in dirs if (d / "summary.json").is_file()]
 
 
 def load_run(d: Path) -> Run:
     summary = json.loads((d / "summary.json").read_text())
     by_key = {}
-    for line in (d / "metrics.jsonl").read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
+    for line in filter(None, map(str.strip, (d / "metrics.jsonl").read_text().splitlines())):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -107,28 +88,21 @@ def load_run(d: Path) -> Run:
             by_key[(row["step"], "test_acc" in row, "loss" in row)] = row
     rows = sorted(by_key.values(), key=lambda r: (r["step"], "test_acc" in r))
     run = Run(d, summary, rows)
-    cfg = d / ".hydra" / "config.yaml"
-    if cfg.is_file():
-        from omegaconf import OmegaConf
+    from omegaconf import OmegaConf
 
-        try:
+    cfg, ovr = d / ".hydra" / "config.yaml", d / ".hydra" / "overrides.yaml"
+    with contextlib.suppress(Exception):  # an unreadable config: no settings, no batch size
+        if cfg.is_file():
             raw = OmegaConf.to_container(OmegaConf.load(cfg), resolve=False)
             run.batch_size = int(raw.get("batch_size"))
             run.config = {k: v for k, v in _flatten(raw).items() if not _ignored(k) and k != "algo.name"}
-        except Exception:
-            pass
-    ovr = d / ".hydra" / "overrides.yaml"
-    if ovr.is_file():
-        from omegaconf import OmegaConf
-
-        try:
+    with contextlib.suppress(Exception):
+        if ovr.is_file():
             for o in OmegaConf.to_container(OmegaConf.load(ovr)):
                 key, _, value = str(o).partition("=")
                 key = key.lstrip("+~")
                 if not _ignored(key):
                     run.overrides[key] = value
-        except Exception:
-            pass
     return run
 
 
@@ -215,23 +189,32 @@ def _mean_curves(groups: dict[str, list[Run]], points) -> dict[str, tuple[list, 
             for key, x, y in points(run):
                 if x is not None and y is not None:
                     acc[key].append((x, y))
-        keys = sorted(acc)
-        xs = [sum(p[0] for p in acc[k]) / len(acc[k]) for k in keys]
-        ys = [sum(p[1] for p in acc[k]) / len(acc[k]) for k in keys]
-        if keys:
-            curves[label] = (xs, ys)
+        if acc:  # per key the mean x and the mean y
+            means = [[sum(v) / len(v) for v in zip(*acc[k])] for k in sorted(acc)]
+            curves[label] = tuple(map(list, zip(*means)))
     return curves
 
 
-def _figure(path: Path, curves: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str) -> Path | None:
-    if not curves:
-        return None
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def _figure(path: Path, curves: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str) -> Path | None:
+    if not curves:
+        return None
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     for label, (xs, ys) in curves.items():
         ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
     ax.set_xlabel(xlabel)
@@ -239,10 +222,7 @@ def _figure(path: Path, curves: dict[str, tuple[list, list]], xlabel: str, ylabe
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _panels(path: Path, panels: dict[str, dict[str, tuple[list, list]]], xlabel: str, ylabel: str,
@@ -250,14 +230,9 @@ def _panels(path: Path, panels: dict[str, dict[str, tuple[list, list]]], xlabel:
     """One panel of curves per line (a figure of its own when there is one line)."""
     if len(panels) <= 1:
         return _figure(path, next(iter(panels.values()), {}), xlabel, ylabel, title)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharex=True)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharex=True)
     for ax, (label, curves) in zip(axes.flat, panels.items()):
         for key, (xs, ys) in curves.items():
             ax.plot(xs, ys, label=key, linewidth=1.5 if key == ylabel else 1.0)
@@ -271,10 +246,26 @@ def _panels(path: Path, panels: dict[str, dict[str, tuple[list, list]]], xlabel:
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def _step(run: Run, row: dict) -> int:
+    return row["step"]
+
+
+def _points(y: str, x=_step):
+    """`_mean_curves`'s points of the figure of key `y`: (step, x, y) of each row of a run holding `y`."""
+    return lambda run: ((row["step"], x(run, row), row[y]) for row in run.rows if y in row)
+
+
+# (file name, y key, x of a row, x label, y label, title): the figures of every plot
+FIGURES = (("loss_vs_step", "loss", _step, "step", "training loss", "Training loss"),
+           ("loss_vs_time", "loss", lambda run, row: run.times().get(row["step"]), "training time (s)",
+            "training loss", "Training loss against time"),
+           ("test_acc_vs_epoch", "test_acc", lambda run, row: row.get("epoch"), "epoch", "test accuracy",
+            "Test accuracy"),
+           ("test_acc_vs_time", "test_acc", lambda run, row: run.time_at(row["step"], row), "training time (s)",
+            "test accuracy", "Test accuracy against time"))
 
 
 def plot(runs: list[Run], root: Path) -> list[Path]:
@@ -283,22 +274,8 @@ def plot(runs: list[Run], root: Path) -> list[Path]:
     if not runs:
         return []
     named = lines(runs)
-    written = [
-        _figure(root / "loss_vs_step.png",
-                _mean_curves(named, lambda r: ((row["step"], row["step"], row["loss"]) for row in r.train_rows)),
-                "step", "training loss", "Training loss"),
-        _figure(root / "loss_vs_time.png",
-                _mean_curves(named, lambda r: ((row["step"], r.times().get(row["step"]), row["loss"])
-                                               for row in r.train_rows)),
-                "training time (s)", "training loss", "Training loss against time"),
-        _figure(root / "test_acc_vs_epoch.png",
-                _mean_curves(named, lambda r: ((row["step"], row.get("epoch"), row["test_acc"]) for row in r.eval_rows)),
-                "epoch", "test accuracy", "Test accuracy"),
-        _figure(root / "test_acc_vs_time.png",
-                _mean_curves(named, lambda r: ((row["step"], r.time_at(row["step"], row), row["test_acc"])
-                                               for row in r.eval_rows)),
-                "training time (s)", "test accuracy", "Test accuracy against time"),
-    ]
+    written = [_figure(root / f"{name}.png", _mean_curves(named, _points(y, x)), xlabel, ylabel, title)
+               for name, y, x, xlabel, ylabel, title in FIGURES]
     for prefix in DIAG_PREFIXES:
         keys = sorted({k for r in runs for row in r.rows for k, v in row.items()
                        if k.startswith(prefix) and isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -306,12 +283,7 @@ def plot(runs: list[Run], root: Path) -> list[Path]:
             continue
         panels = {}  # one panel per line: its stages' curves ("sigma" alone is the whole model)
         for label, runs_ in named.items():
-            panel = {}
-            for key in keys:
-                c = _mean_curves({label: runs_}, lambda r, key=key: ((row["step"], row["step"], row[key])
-                                                                     for row in r.rows if key in row))
-                if c:
-                    panel[key] = c[label]
+            panel = {k: c for key in keys for k, c in _mean_curves({key: runs_}, _points(key)).items()}
             if panel:
                 panels[label] = panel
         written.append(_panels(root / f"{prefix}_vs_step.png", panels, "step", prefix, f"{prefix} per stage"))
