@@ -1,6 +1,11 @@
 """Merge a run's stage checkpoints into one state_dict of the plain, unsplit model.
 
-    python -m fr_dist.export RUN_DIR [--checkpoint STEP_DIR] [--out model.pt]
+    python -m fr_dist.export RUN_DIR [--out model.pt]
+    python -m fr_dist.export RUN_DIR/checkpoints/step_00000120 [--out model.pt]
+
+The one positional path is a run directory (its latest complete checkpoint is
+exported), its checkpoints/ folder (the same) or one complete step_N folder in it
+(that checkpoint). The output goes to RUN_DIR/model.pt unless --out says where.
 
 Stage k holds blocks[c_k:c_{k+1}] as an nn.Sequential, so its key "i.rest" is
 the whole model's "(c_k + i).rest". The output loads with strict=True into
@@ -59,7 +64,7 @@ def find(path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fr_dist.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="run directory (its latest complete checkpoint) or a step_N folder")
-    parser.add_argument("--out", type=Path, help="output file (default: RUN_DIR/model.pt)")
+    parser.add_argument("--out", type=Path, help="output file (default: RUN_DIR/model.pt, also for a step_N folder)")
     args = parser.parse_args(argv)
     try:
         directory = find(args.run_dir)
