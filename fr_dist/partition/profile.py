@@ -319,6 +319,16 @@ def link_model(device: str = "cpu") -> LinkModel:
         t_small = _tcp_loopback_seconds(small) + _copy_seconds(small, dev)
         t_large = _tcp_loopback_seconds(large) + _copy_seconds(large, dev)
         how = "loopback TCP in-process + one tensor copy"
+    return fit_link(small, t_small, large, t_large, how)
+
+
+def fit_link(small: int, t_small: float, large: int, t_large: float, how: str = "") -> LinkModel:
+    """The line `latency + bytes / bandwidth` through (small bytes, t_small s) and (large, t_large).
+
+    Noise can make the large message look no slower than the small one: the time
+    difference is floored at 1 ns (the bandwidth stays positive, (large - small) / 1e-9),
+    and a latency the line puts below 0 is clamped to 0.
+    """
     bw = (large - small) / max(t_large - t_small, 1e-9)
     return LinkModel(max(t_small - small / bw, 0.0), bw, how)
 
