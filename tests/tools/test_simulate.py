@@ -1,0 +1,91 @@
+"""The timeline simulator: BP, FR, GPipe and 1F1B timelines by hand, bounds, the scaling table."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fr_dist.partition import predicted_stage_costs, profiled_cuts
+from fr_dist.tools.simulate import predict, scaling_table, simulate
+
+
+def test_bp_is_the_sum_and_model_parallel_adds_links():
+    costs = [(1.0, 2.0), (0.5, 1.0), (2.0, 3.0), (1.0, 1.0)]
+    assert predict(costs, 1, 0.3, "bp") == pytest.approx(11.5)
+    assert predict(costs, 2, 0.3, "bp", cuts=[0, 2, 4]) == pytest.approx(11.5 + 2 * 0.3)
+    assert predict(costs, 4, 0.3, "bp") == pytest.approx(11.5 + 6 * 0.3)
+    for algo in ("fr", "gpipe", "1f1b"):  # one stage: plain backprop
+        assert predict(costs, 1, 0.3, algo) == pytest.approx(11.5)
+
+
+def test_fr_equal_costs_period_is_max_stage_cost_plus_links():
+    # Four equal blocks (f=1, b=2) on K=2 at cut 2: stage 0 = 2*2 + 4 = 8, stage 1 = 2 + 4 = 6.
+    assert predict([(1.0, 2.0)] * 4, 2, 0.0, "fr", cuts=[0, 2, 4]) == pytest.approx(8.0)
+    # Balanced stages (both cost 3): period = 3 + L.
+    assert predict([(1.0, 1.0), (1.0, 2.0)], 2, 0.25, "fr") == pytest.approx(3.25)
+    # K = 4, equal stages of one block each under the FR model with free links: max stage cost.
+    costs = [(1.0, 1.0), (1.0, 1.0), (1.0, 1.0), (1.5, 1.5)]
+    assert predict(costs, 4, 0.0, "fr", cuts=[0, 1, 2, 3, 4]) == pytest.approx(3.0)
+
+
+def test_fr_two_stage_timeline_by_hand():
+    # Stage 0: f0 = 1, b0 = 2 (iteration = F + replay = 1 + 3 = 4); stage 1: f1 = b1 = 1 (loss: 2); link 0.5.
+    # stage 0: F0 [0,1] x0 arrives 1.5; F1 [1,2] (x1 arrives 2.5); R0 waits for g0:
+    # stage 1: FB0 [1.5,3.5], g0 arrives 4.0 -> R0 [4,7]; F2 [7,8]; FB1 [3.5,5.5], g1 at 6.0 -> R1 [8,11];
+    # F3 [11,12], FB2 [8.5,10.5] (x2 sent at 8), g2 at 11 -> R2 [12,15]: from here every 4 s.
+    r = simulate([(1.0, 2.0), (1.0, 1.0)], 2, 0.5, "fr", cuts=[0, 1, 2], T=8)
+    assert r.marks[0][:4] == pytest.approx([1.0, 7.0, 11.0, 15.0])
+    assert r.marks[1][:4] == pytest.approx([3.5, 5.5, 10.5, 14.5])
+    assert r.period == pytest.approx(4.0)
+    # Both stages cost 3, link 0.25: the link is hidden every other iteration.
+    # stage 0: F0 [0,1], F1 [1,2], R0 [4.5,6.5] (g0 at 4.5 after FB0 [1.25,4.25]), F2 [6.5,7.5],
+    # R1 [7.5,9.5] (FB1 [4.25,7.25]: x1 was waiting), F3, R2 [11,13] (FB2 [7.75,10.75]), F4, R3 [14,16]:
+    # iterations alternate 3.5 and 3 s, period (C0 + C1 + 2L) / 2 = 3.25.
+    r = simulate([(1.0, 1.0), (1.0, 2.0)], 2, 0.25, "fr", cuts=[0, 1, 2], T=8)
+    assert r.marks[0][:5] == pytest.approx([1.0, 6.5, 9.5, 13.0, 16.0])
+    assert r.period == pytest.approx(3.25)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_fr_simulation_between_compute_bound_and_cost_model(seed):
+    rng = random.Random(100 + seed)
+    n = rng.randint(1, 8)
+    K = rng.randint(1, min(5, n))
+    costs = [(rng.uniform(0.1, 1), rng.uniform(0.1, 2)) for _ in range(n)]
+    link = [rng.uniform(0, 0.4) for _ in range(n + 1)]
+    cuts = profiled_cuts(costs, K, link)
+    compute = max(predicted_stage_costs(costs, cuts, 0.0))
+    assert predict(costs, K, 0.0, "fr", cuts=cuts) == pytest.approx(compute)
+    assert compute - 1e-9 <= predict(costs, K, link, "fr", cuts=cuts) <= max(
+        predicted_stage_costs(costs, cuts, link)) + 1e-9
+    if K == 2:  # exact: max(C0, C1, (C0 + C1 + 2L) / 2)
+        c0, c1 = predicted_stage_costs(costs, cuts, 0.0)
+        L = link[cuts[1]]
+        assert predict(costs, 2, link, "fr", cuts=cuts) == pytest.approx(max(c0, c1, (c0 + c1 + 2 * L) / 2))
+
+
+def test_gpipe_and_1f1b_by_hand():
+    # Two equal stages of f = 2, b = 4 per batch, M = 2: a micro-batch costs 1 + 2 per stage.
+    # GPipe: F F on stage 0 [0,2], stage 1 [1,3]; stage 1 B B [3,7]; stage 0 B B [5,9]: 9 = (M+K-1)(f+b)/M.
+    costs = [(2.0, 4.0), (2.0, 4.0)]
+    assert predict(costs, 2, 0.0, "gpipe", M=2) == pytest.approx(9.0)
+    assert predict(costs, 2, 0.0, "1f1b", M=2) == pytest.approx(9.0)
+    # Large M approaches the compute bound f + b of a stage; checkpointing adds one forward.
+    assert predict(costs, 2, 0.0, "gpipe", M=32) == pytest.approx(6.0 * 33 / 32)
+    assert predict(costs, 2, 0.0, "gpipe", M=2, checkpoint=True) == pytest.approx(3 * 4.0)
+    # Links (0.5 s for the batch, 0.25 s for a micro-batch): the first micro-batch's features
+    # and the first gradient cross on the critical path: 9 + 2 * 0.25.
+    assert predict(costs, 2, 0.5, "gpipe", M=2) == pytest.approx(9.5)
+
+
+def test_scaling_table_rows():
+    costs = [(1.0, 2.0)] * 12
+    rows = scaling_table(costs, 0.0, range(1, 5))
+    assert [r["K"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["fr_speedup"] == pytest.approx(1.0)
+    # Equal blocks, free links, K = 2: cut c gives stage 0 c * (2f + b) = 4c and the last stage
+    # (12 - c) * 3; the best is c = 5 (20 and 21): period 21, speedup 36/21.
+    assert rows[1]["fr_s"] == pytest.approx(21.0)
+    assert rows[1]["fr_speedup"] == pytest.approx(36 / 21)
+    assert all(r["fr_speedup"] <= r["K"] for r in rows)
