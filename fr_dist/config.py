@@ -12,7 +12,21 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fr_dist.errors import FRError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def _conf_dir() -> Path:
+    """The configs: fr_dist/conf/ in an installed wheel (package data), else the checkout's conf/.
+
+    A checkout (``python -m`` from the repository root, or an editable install) has
+    conf/ beside the package; a wheel carries the same files inside it (setup.cfg).
+    """
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    return package.parent / "conf"  # neither: Hydra's "Primary config directory not found" names it
+
+
+CONF_DIR = _conf_dir()
 DATASETS = ("synthetic", "fashion_mnist", "cifar10", "cifar100")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
