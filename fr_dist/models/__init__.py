@@ -15,13 +15,21 @@ def build_blocks(model: dict, in_shape: tuple[int, ...], classes: int) -> list[n
     """Build the model named by `model` (a config dict) as an ordered list of blocks.
 
     Composing the blocks in order gives the whole model. A user's model is a
-    config with ``_target_``, called with ``in_shape`` and ``classes`` plus its
-    own keys, that returns a list of modules (or an nn.Sequential).
+    config with ``_target_`` (``model=custom model._target_=pkg.fn +model.KEY=V``),
+    called with ``in_shape`` and ``classes`` plus its own keys, that returns a list
+    of modules (or an nn.Sequential). A ``_target_`` added to a built-in model's
+    config (``+model._target_=...`` over model=mlp) is refused: that model's keys
+    would be passed to it.
     """
     model = dict(model)
     if "_target_" in model:
         from hydra.utils import instantiate
 
+        if model.get("name") in MODELS:
+            keys = ", ".join(k for k in model if k != "_target_")
+            raise FRError(f"model._target_={model['_target_']!r} was added to model={model['name']}, whose keys "
+                          f"({keys}) would be passed to it: use model=custom model._target_={model['_target_']} "
+                          f"and +model.KEY=VALUE for its own arguments")
         try:
             blocks = instantiate(model, in_shape=tuple(in_shape), classes=classes)
         except Exception as e:  # user code: report, don't trace through fr_dist
@@ -32,7 +40,8 @@ def build_blocks(model: dict, in_shape: tuple[int, ...], classes: int) -> list[n
         return blocks
     name = model.pop("name")
     if name not in MODELS:
-        raise FRError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}, or give model._target_")
+        raise FRError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}, "
+                      f"or your own with model=custom model._target_=pkg.fn")
     try:
         if name == "mlp":
             return mlp_blocks(in_shape, classes, **model)
