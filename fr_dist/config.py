@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from fr_dist.errors import FRError
@@ -33,11 +33,28 @@ SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 @dataclass
 class AlgoConfig:
-    name: str = "fr"  # fr, bp, ddg, dni, gpipe, 1f1b (fr_dist.algos.ALGOS)
-    synth: str = "auto"  # dni: synthetic-gradient model: auto (conv for 4-D features, linear for 2-D), conv, linear
-    synth_lr: Optional[float] = None  # dni: SGD rate of the synthetic-gradient models (null: optim.lr)
-    synth_hidden: Optional[int] = None  # dni: width of a hidden layer (null: one zero-initialised layer)
-    checkpoint: bool = False  # gpipe, 1f1b: recompute each stage's activations in backward, like FR
+    """fr, bp and ddg: no options of their own."""
+
+    name: str = "fr"  # fr, bp, ddg, dni, gpipe, 1f1b (ALGO_OPTIONS)
+
+
+@dataclass
+class DNIConfig(AlgoConfig):
+    synth: str = "auto"  # synthetic-gradient model: auto (conv for 4-D features, linear for 2-D), conv, linear
+    synth_lr: Optional[float] = None  # SGD rate of the synthetic-gradient models (null: optim.lr)
+    synth_hidden: Optional[int] = None  # width of a hidden layer (null: one zero-initialised layer)
+
+
+@dataclass
+class PipeConfig(AlgoConfig):
+    """gpipe and 1f1b through torch.distributed.pipelining (micro-batches: the top-level `microbatches`)."""
+
+    checkpoint: bool = False  # recompute each stage's activations in backward, like FR
+
+
+# Each algorithm's options: `algo.KEY` of another algorithm is refused at start-up.
+ALGO_OPTIONS = {"fr": AlgoConfig, "bp": AlgoConfig, "ddg": AlgoConfig, "dni": DNIConfig, "gpipe": PipeConfig,
+                "1f1b": PipeConfig}
 
 
 @dataclass
@@ -78,7 +95,7 @@ class WandbConfig:
 
 @dataclass
 class Config:
-    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    algo: Any = None  # one of ALGO_OPTIONS, chosen by algo.name
     splits: int = 1  # K stages, one process each: must equal the world size
     model: Any = None  # dict: name (mlp, resnet8..110, resnet164) or _target_ returning blocks
     data: DataConfig = field(default_factory=DataConfig)
@@ -101,28 +118,35 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
+def check_microbatches(schedule: str, M: int, batch_size: int, K: int) -> None:
+    """The micro-batch rules of gpipe and 1f1b: validate() applies them at start-up, PipeRunner on construction."""
+    if M < 1 or batch_size % M:
+        raise FRError(f"microbatches={M} must divide batch_size={batch_size} (equal micro-batches): "
+                      f"choose a divisor, e.g. microbatches={max(d for d in range(1, max(M, 1) + 1) if batch_size % d == 0)}")
+    if schedule == "1f1b" and M < K:
+        raise FRError(f"1f1b needs microbatches >= splits (microbatches={M}, splits={K}): set microbatches={K} or more")
+
+
 def validate(cfg: DictConfig, world_size: int) -> Config:
     """Check `cfg` against the schema and the launch; return it typed.
 
     Raises FRError naming the bad value and the fix. Runs identically on every
     rank, so every rank reaches the same verdict without talking to the others.
     """
+    name = OmegaConf.select(cfg, "algo.name", default="fr")
+    if name not in ALGO_OPTIONS:
+        raise FRError(f"unknown algo {name!r}: choose one of {', '.join(ALGO_OPTIONS)} (algo=fr)")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        rest = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "algo"])
+        merged = OmegaConf.merge(OmegaConf.structured(Config), rest)
+        merged.algo = OmegaConf.merge(OmegaConf.structured(ALGO_OPTIONS[name]), cfg.get("algo") or {})
         c: Config = OmegaConf.to_object(merged)  # also resolves interpolations
     except OmegaConfBaseException as e:
         raise FRError(f"bad configuration: {e.msg if hasattr(e, 'msg') else e}".strip()) from None
-    from fr_dist.algos import ALGOS
-
-    if c.algo.name not in ALGOS:
-        raise FRError(f"unknown algo {c.algo.name!r}: choose one of {', '.join(ALGOS)} (algo=fr)")
-    if c.algo.synth not in ("auto", "conv", "linear"):
+    if name == "dni" and c.algo.synth not in ("auto", "conv", "linear"):
         raise FRError(f"algo.synth={c.algo.synth!r}: choose auto, conv or linear")
-    if c.algo.name in ("gpipe", "1f1b"):
-        if c.microbatches < 1 or c.batch_size % c.microbatches:
-            raise FRError(f"microbatches={c.microbatches} must divide batch_size={c.batch_size} (equal micro-batches)")
-        if c.algo.name == "1f1b" and c.microbatches < c.splits:
-            raise FRError(f"1f1b needs microbatches >= splits (microbatches={c.microbatches}, splits={c.splits})")
+    if name in ("gpipe", "1f1b"):
+        check_microbatches(name, c.microbatches, c.batch_size, c.splits)
     if c.diag_every < 0:
         raise FRError(f"diag_every={c.diag_every} must be >= 0 (0 turns the diagnostic off)")
     if c.diag_every and c.algo.name in ("gpipe", "1f1b"):
@@ -171,7 +195,6 @@ def compose(overrides: list[str], config_name: str = "config") -> DictConfig:
     """
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf import open_dict
 
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -1,9 +1,11 @@
-"""Learning-rate schedules as functions of the batch id: lr(batch)."""
+"""The optimizer of a stage and learning-rate schedules as functions of the batch id: lr(batch)."""
 
 from __future__ import annotations
 
 import math
 from typing import Callable
+
+import torch
 
 
 def make_lr(optim, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
@@ -30,3 +32,17 @@ def make_lr(optim, steps_per_epoch: int, total_steps: int) -> Callable[[int], fl
         return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return lr
+
+
+def make_optimizer(optim, params: list) -> torch.optim.Optimizer | None:
+    """The optimizer for `optim` (config.OptimConfig) over a stage's parameters; None for a stage without any."""
+    if not params:
+        return None
+    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
+                           weight_decay=optim.weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The rate of the next step: the rate of the batch it applies, lr(batch)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

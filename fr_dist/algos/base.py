@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fr_dist.optim import set_lr
 from fr_dist.runtime.memory import SavedBytes
 
 
@@ -24,11 +25,11 @@ class Worker:
     """The compute of one stage: what each algorithm's forward/backward override.
 
     `module` holds this stage's blocks, `lr_of(batch)` gives the rate an update
-    for that batch uses.
+    for that batch uses, `options` the algorithm's typed options (config.ALGO_OPTIONS).
     """
 
     def __init__(self, module: nn.Module, stage: int, K: int, device: torch.device,
-                 optimizer: torch.optim.Optimizer | None, lr_of: Callable[[int], float], in_spec):
+                 optimizer: torch.optim.Optimizer | None, lr_of: Callable[[int], float], in_spec, options=None):
         self.module, self.stage, self.K, self.device = module, stage, K, device
         self.optimizer, self.lr_of = optimizer, lr_of
         self.graph_bytes = SavedBytes(module)
@@ -50,9 +51,7 @@ class Worker:
         """Apply the accumulated gradient of `batch` with that batch's rate."""
         if self.optimizer is None:  # a stage without parameters
             return
-        lr = self.lr_of(batch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, self.lr_of(batch))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=False)  # reuse the gradient buffers
 

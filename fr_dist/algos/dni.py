@@ -23,7 +23,7 @@ For K = 3 (F: forward, BL: synthetic backward+step, B: train M on batch's true g
 
 M_k defaults to one zero-initialised layer (so training starts with a zero
 synthetic gradient): Conv2d(C, C, 3, padding=1) for (N, C, H, W) features,
-Linear(D, D) for (N, D). Options (keyword arguments of Worker, see OPTIONS):
+Linear(D, D) for (N, D). Options (config.DNIConfig, conf/algo/dni.yaml):
 `synth` (auto, conv, linear), `synth_lr` (default: the stage optimizer's lr),
 `synth_hidden` (a hidden layer of that width with ReLU; its first layer is
 initialised from a seed of its own, the output layer to zero). M_k is trained
@@ -40,10 +40,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fr_dist.algos.base import Worker
+from fr_dist.config import DNIConfig
 from fr_dist.runtime.actions import Action, last_stage, source
-
-# Algorithm options (conf/algo/dni.yaml) and their defaults.
-OPTIONS = {"synth": "auto", "synth_lr": None, "synth_hidden": None}
 
 
 def iterations(stage: int, K: int, T: int) -> int:
@@ -101,12 +99,12 @@ def make_synth(shape, synth: str = "auto", hidden: int | None = None, seed: int 
 class Worker(Worker):
     """A non-last DNI stage: updates at once with M_k's prediction, trains M_k one batch later."""
 
-    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec, synth: str = "auto",
-                 synth_lr: float | None = None, synth_hidden: int | None = None):
-        super().__init__(module, stage, K, device, optimizer, lr_of, in_spec)
-        self.synth_kind, self.synth_hidden = synth, synth_hidden
+    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec, options: DNIConfig | None = None):
+        super().__init__(module, stage, K, device, optimizer, lr_of, in_spec, options)
+        options = options or DNIConfig(name="dni")
+        self.synth_kind, self.synth_hidden = options.synth, options.synth_hidden
         defaults = optimizer.defaults if optimizer is not None else {"lr": 0.1, "momentum": 0.0, "nesterov": False}
-        self.synth_lr = defaults["lr"] if synth_lr is None else synth_lr
+        self.synth_lr = defaults["lr"] if options.synth_lr is None else options.synth_lr
         self.synth_momentum, self.synth_nesterov = defaults["momentum"], defaults["nesterov"]
         self.synth: nn.Module | None = None  # built at the first forward, when the feature shape is known
         self.synth_optimizer = None

@@ -20,9 +20,9 @@ the forward computes. K = 1 is plain backpropagation.
 from __future__ import annotations
 
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from fr_dist.algos.base import Worker
+from fr_dist.models.probes import BatchNormState
 from fr_dist.runtime.actions import Action, last_stage, source
 from fr_dist.runtime.ring import RingBuffer
 
@@ -52,17 +52,11 @@ def schedule(stage: int, K: int, t: int, T: int) -> list[Action]:
 class Worker(Worker):
     """A non-last FR stage: forward without a graph, replay from the ring buffer."""
 
-    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec):
-        super().__init__(module, stage, K, device, optimizer, lr_of, in_spec)
+    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec, options=None):
+        super().__init__(module, stage, K, device, optimizer, lr_of, in_spec, options)
         shape, dtype = in_spec
         self.ring = RingBuffer(K - stage, shape, dtype, device) if stage < K - 1 else None
-        # (running buffer, its saved copy): the replay must leave BatchNorm
-        # statistics as the forward left them.
-        self.bn_state = [
-            (buf, buf.clone())
-            for m in module.modules() if isinstance(m, _BatchNorm)
-            for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None
-        ]
+        self.bn = BatchNormState(module)  # the replay leaves the statistics as the forward left them
         self.cuda = device.type == "cuda"
 
     @property
@@ -87,8 +81,7 @@ class Worker(Worker):
     def backward(self, batch: int, grad: torch.Tensor) -> torch.Tensor | None:
         x, cpu_rng, cuda_rng = self.ring.pop(batch)  # raises unless the oldest is `batch`
         x = x.detach().requires_grad_(self.stage > 0)
-        for buf, saved in self.bn_state:
-            saved.copy_(buf)
+        self.bn.save()
         # Same dropout masks as the forward, without advancing the stream.
         with torch.random.fork_rng(devices=[self.device] if self.cuda else []):
             torch.set_rng_state(cpu_rng)
@@ -97,8 +90,5 @@ class Worker(Worker):
             with self.graph_bytes(x):
                 h = self.module(x)
         h.backward(grad)
-        # After backward, not before: autograd saved the running buffers with
-        # the BatchNorm node, and an in-place change before backward is an error.
-        for buf, saved in self.bn_state:
-            buf.copy_(saved)
+        self.bn.restore()  # after the backward, not before (models/probes.py says why)
         return x.grad

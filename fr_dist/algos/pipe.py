@@ -42,6 +42,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from fr_dist.algos.base import Worker
+from fr_dist.config import check_microbatches
+from fr_dist.optim import set_lr
 from fr_dist.runtime.actions import Action
 from fr_dist.runtime.memory import saved_storages
 
@@ -187,10 +189,7 @@ class PipeRunner:
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
         M = int(microbatches)
-        if M < 1 or batch_size % M:
-            raise ValueError(f"microbatches={M} must divide batch_size={batch_size} (equal micro-batches)")
-        if schedule == "1f1b" and M < K:
-            raise ValueError(f"1f1b needs microbatches >= splits, got microbatches={M} < {K}")
+        check_microbatches(schedule, M, batch_size, K)
         size = dist.get_world_size(group)
         if size != K or dist.get_rank(group) != stage:
             raise ValueError(f"the pipeline group must hold the K={K} stages as ranks 0..K-1 "
@@ -271,9 +270,7 @@ class PipeRunner:
             self.meter.live.clear()
             self.meter.current = None
             if self.optimizer is not None:
-                lr = self.lr_of(batch)
-                for g in self.optimizer.param_groups:
-                    g["lr"] = lr
+                set_lr(self.optimizer, self.lr_of(batch))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=False)
             if not self.last:
@@ -283,37 +280,52 @@ class PipeRunner:
             self.busy_s += time.perf_counter() - start
 
 
-class PipeWorker(Worker):
-    """The trainer's view of a pipelining stage: one `train_step` action per batch."""
+class Pipeline:
+    """The loop's view of a pipelining stage: one batch per iteration, its data loaded here.
 
-    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec, schedule: str = "gpipe",
-                 checkpoint: bool = False, microbatches: int = 4):
-        super().__init__(module, stage, K, device, optimizer, lr_of, in_spec)
-        with torch.no_grad():  # output spec from a probe in eval mode: no statistics, no RNG
-            module.eval()
-            out = module(torch.zeros(in_spec[0], dtype=in_spec[1], device=device))
-            module.train()
-        self.runner = PipeRunner(module, stage, K, device, None, schedule, microbatches, in_spec[0][0], in_spec,
-                                 (tuple(out.shape), out.dtype), optimizer, lr_of, checkpoint)
+    Training runs through `PipeRunner` instead of the engine; evaluation goes
+    through the engine like every algorithm's (forward only, over the links).
+    """
+
+    def __init__(self, runner: PipeRunner, data, stage: int, K: int, device: torch.device):
+        self.runner, self.data, self.device = runner, data, device
+        self.first, self.last = stage == 0, stage == K - 1
+        self.losses: list[torch.Tensor] = []  # of the last stage, one per batch, until taken
+
+    @property
+    def busy_s(self) -> float:
+        return self.runner.busy_s
 
     @property
     def peak_mem_bytes(self) -> int:
         return self.runner.peak_mem_bytes
 
+    def take_losses(self) -> list[torch.Tensor]:
+        losses, self.losses = self.losses, []
+        return losses
+
+    def train_step(self, batch: int) -> None:
+        x = self.data.inputs(batch).to(self.device, non_blocking=True) if self.first else None
+        y = self.data.labels(batch).to(self.device, non_blocking=True) if self.last else None
+        loss = self.runner.train_step(batch, x, y)
+        if loss is not None:
+            self.losses.append(loss)
+
+
+class EvalWorker(Worker):
+    """Evaluation of a pipelining stage (through the engine); nothing is held between iterations."""
+
     def state_dict(self) -> dict:
-        return {}  # every batch completes within its train_step: nothing held between iterations
+        return {}
 
     def load_state_dict(self, state: dict) -> None:
         pass
 
-    def train_step(self, batch: int, x, y):
-        return self.runner.train_step(batch, x, y)
-
 
 class PipeAlgo:
-    """gpipe or 1f1b as an algorithm of the runner: schedule, iterations, Worker."""
+    """gpipe or 1f1b as an algorithm of the runner: no engine schedule, a `Pipeline` trains."""
 
-    OPTIONS = ("checkpoint", "microbatches")
+    Worker = EvalWorker
 
     def __init__(self, name: str):
         self.name = name
@@ -324,14 +336,14 @@ class PipeAlgo:
 
     @staticmethod
     def schedule(stage: int, K: int, t: int, T: int) -> list[Action]:
-        """Stage 0 loads batch t, the last stage its labels; pipelining does the rest."""
-        acts = [Action("load", t)] if stage == 0 else []
-        if stage == K - 1:
-            acts.append(Action("labels", t))
-        return acts + [Action("train_step", t)]
+        """Nothing for the engine: pipelining moves the batch (no error gradient crosses iterations)."""
+        return []
 
-    def Worker(self, *args, **options) -> PipeWorker:  # noqa: N802 (the interface's name)
-        return PipeWorker(*args, schedule=self.name, **options)
+    def pipeline(self, module, stage, K, device, optimizer, lr_of, in_spec, out_spec, options, microbatches: int,
+                 data) -> Pipeline:
+        runner = PipeRunner(module, stage, K, device, None, self.name, microbatches, in_spec[0][0], in_spec,
+                            out_spec, optimizer, lr_of, options.checkpoint)
+        return Pipeline(runner, data, stage, K, device)
 
 
 GPIPE, ONE_F_ONE_B = PipeAlgo("gpipe"), PipeAlgo("1f1b")

@@ -15,29 +15,45 @@ from dataclasses import dataclass
 # from k+1), send_g (input gradient to k-1, non-blocking). Data: load (stage 0's
 # input), labels (last stage's targets). Compute: forward, backward (consumes
 # the posted gradient), local_backward (a backward with a gradient the stage
-# makes itself, e.g. a synthetic one), loss (last stage: forward, loss, backward), step,
-# train_step (a whole batch by a worker that brings its own communication:
-# gpipe and 1f1b through torch.distributed.pipelining),
-# score (last stage, evaluation: count correct predictions).
+# makes itself, e.g. a synthetic one), loss (last stage: forward, loss, backward),
+# step, score (last stage, evaluation: count correct predictions).
 OPS = ("load", "labels", "recv_x", "send_x", "post_g", "send_g", "forward", "backward", "local_backward", "loss",
-       "step", "train_step", "score")
+       "step", "score")
 _CODE = {"load": "L", "labels": "Y", "recv_x": "Rx", "send_x": "Sx", "post_g": "Pg", "send_g": "Sg",
-         "forward": "F", "backward": "B", "local_backward": "BL", "loss": "FB", "step": "U", "train_step": "P", "score": "S"}
+         "forward": "F", "backward": "B", "local_backward": "BL", "loss": "FB", "step": "U", "score": "S"}
 
 
 @dataclass(frozen=True)
 class Action:
+    """One step of a stage's program.
+
+    `eval`: an evaluation batch (forward only, current weights). `diag`: a pass
+    of the sufficient-direction diagnostic (runtime/diagnostic.py) that computes
+    stage `diag`'s true gradient for training batch `batch`.
+    """
+
     op: str
     batch: int  # training batch id, or evaluation batch index when eval
     eval: bool = False
+    diag: int | None = None
 
     def __str__(self) -> str:
-        return ("e" if self.eval else "") + _CODE[self.op] + str(self.batch)
+        prefix = "e" if self.eval else "" if self.diag is None else f"d{self.diag}"
+        return prefix + _CODE[self.op] + str(self.batch)
+
+    @property
+    def link_id(self) -> int:
+        """The batch id a link carries for this action: training ids are >= 0, the others never collide."""
+        if self.eval:
+            return -1 - self.batch
+        if self.diag is not None:
+            return -1_000_000_000 * (self.diag + 1) - self.batch
+        return self.batch
 
 
-def source(stage: int, t: int, eval: bool = False) -> Action:
+def source(stage: int, t: int, eval: bool = False, diag: int | None = None) -> Action:
     """Where stage's input for batch t comes from: the data on stage 0, else stage k-1."""
-    return Action("load" if stage == 0 else "recv_x", t, eval)
+    return Action("load" if stage == 0 else "recv_x", t, eval, diag)
 
 
 def last_stage(stage: int, t: int) -> list[Action]:

@@ -28,7 +28,6 @@ class Link:
         self.header = torch.zeros(1, dtype=torch.int64, device=device)
         self.pending: list = []  # works of the transfer in flight
         self.expected: int | None = None
-        self.early: tuple[int, torch.Tensor] | None = None  # (batch, payload) received ahead of its post
 
     def _ops(self, op, tensors):
         # Distinct tags keep header and payload apart on gloo; NCCL ignores tags
@@ -59,17 +58,13 @@ class Link:
         if self.expected is not None:
             raise RuntimeError(f"link {self.name}: receive for batch {batch} posted while {self.expected} is pending")
         self.expected = batch
-        if self.early is None or self.early[0] != batch:
-            self.pending = self._ops(dist.irecv, (self.header, self.buffer))
+        self.pending = self._ops(dist.irecv, (self.header, self.buffer))
 
     def wait(self, batch: int) -> torch.Tensor:
         """The payload of `batch` (the link's buffer: valid until the next post)."""
         if self.expected != batch:
             raise RuntimeError(f"link {self.name}: waiting for batch {batch} but the posted receive is {self.expected}")
         self.expected = None
-        if self.early is not None and self.early[0] == batch:
-            payload, self.early = self.early[1], None
-            return payload
         self._complete()
         got = int(self.header.item())  # on GPU a sync point; the payload is needed now anyway
         if got != batch:
@@ -80,12 +75,10 @@ class Link:
         self.post(batch)
         return self.wait(batch)
 
-    def receive_early(self, batch: int) -> None:
-        """Take `batch` off the link now, ahead of its post, to let other traffic pass.
-
-        The next post(batch) and wait(batch) then return this copy.
-        """
-        self.early = (batch, self.recv(batch).clone())
+    @property
+    def busy(self) -> bool:
+        """A transfer was started and has not been waited for."""
+        return bool(self.pending) or self.expected is not None
 
     def close(self) -> None:
         self._complete()

@@ -62,3 +62,18 @@ class Reporter:
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
+
+
+def stage_figures(stage, plan, progress) -> dict:
+    """This stage's row of summary.json's `stages` list."""
+    k = stage.rt.rank
+    worker = stage.pipeline or stage.engine.worker
+    row = {"rank": k, "blocks": list(range(plan.cuts[k], plan.cuts[k + 1])),
+           "params": sum(p.numel() for p in stage.module.parameters()),
+           "busy_frac": round(stage.busy_s / max(progress.train_s, 1e-9), 4),
+           "peak_mem_bytes": worker.peak_mem_bytes}
+    if stage.rt.device.type == "cuda":
+        import torch
+
+        row["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(stage.rt.device)
+    return row

@@ -11,10 +11,9 @@ import torch.nn as nn
 
 from fr_dist import reference
 from fr_dist.algos import ALGOS, ddg, dni, fr
-from tests.test_fr_distributed import COMMON, MLP, RESNET8, assert_states_equal, distributed
-from tests.test_fr_distributed import simulation_inputs as setup
-from tests.test_schedule import program
-
+from fr_dist.config import DNIConfig
+from tests.support import COMMON, MLP, RESNET8, assert_states_equal, distributed, program
+from tests.support import simulation_inputs as setup
 
 
 def synth_models(stages, c, in_shape) -> list[nn.Module]:
@@ -227,7 +226,7 @@ def test_dni_synthetic_model_learns_the_gradient():
         target = stage(x) @ torch.randn(6, 6) * 0.1  # a gradient M_k can represent
     opt = torch.optim.SGD(stage.parameters(), lr=0.0)  # a frozen stage: only M_k moves
     worker = dni.Worker(stage, 0, 2, torch.device("cpu"), opt, lambda b: 0.0, ((8, 4), torch.float32),
-                        synth_lr=0.5)
+                        DNIConfig(name="dni", synth_lr=0.5))
     errors = []
     for t in range(dni.iterations(0, 2, 200)):
         for a in dni.schedule(0, 2, t, 200):

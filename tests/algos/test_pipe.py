@@ -1,6 +1,6 @@
 """GPipe / 1F1B (fr_dist.algos.pipe) on gloo against single-process gradient accumulation.
 
-Each rank is a plain subprocess (tests/pipe_worker.py) that trains every configuration of
+Each rank is a plain subprocess (tests/algos/pipe_worker.py) that trains every configuration of
 pipe_worker.CONFIGS; one launch per world size. The reference here is plain backprop that
 accumulates F.cross_entropy(mean) / M over the same M micro-batches, from the same init and data.
 """
@@ -18,10 +18,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tests import pipe_worker as W
+from fr_dist import FRError
+from tests.algos import pipe_worker as W
 from tests.ranks import free_port
+from tests import support
+from tests.support import COMMON, MLP, ROOT, distributed, simulation_inputs
 
-ROOT = Path(__file__).resolve().parent.parent
 RTOL, ATOL = 1e-5, 1e-6  # what "close" means in the sensitivity check
 PLAIN = [(s, False, False) for s in ("gpipe", "1f1b")]
 
@@ -29,7 +31,7 @@ PLAIN = [(s, False, False) for s in ("gpipe", "1f1b")]
 def launch(K: int, out: Path, timeout: float = 120) -> list[dict]:
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(K),
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.pipe_worker", str(out)], cwd=ROOT,
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.algos.pipe_worker", str(out)], cwd=ROOT,
                               env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for r in range(K)]
     deadline = time.monotonic() + timeout
@@ -179,5 +181,32 @@ def test_bad_arguments(schedule, M, match):
     from fr_dist.algos.pipe import PipeRunner
 
     spec = ((12, 4), torch.float32)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, FRError), match=match):
         PipeRunner(nn.Linear(4, 4), 0, 2, torch.device("cpu"), None, schedule, M, 12, spec, spec, None, W.lr_of)
+
+
+@pytest.mark.parametrize("algo,K,M", [("gpipe", 2, 2), ("1f1b", 3, 4)])
+def test_trainer_equals_gradient_accumulation(algo, K, M, tmp_path):
+    """`python -m fr_dist.train algo=gpipe|1f1b` end to end (its data, rates, checkpoints) against
+    single-process gradient accumulation of cross_entropy / M over the same micro-batches, bit for bit."""
+    overrides = MLP + COMMON + [f"algo={algo}", f"microbatches={M}", "model.dropout=0.0"]
+    _, _, stages, batches, lr_of, make_optimizer, _, _ = simulation_inputs(K, overrides)
+    model = nn.Sequential(*stages)
+    optimizer = make_optimizer(model.parameters())
+    torch.set_num_threads(1)
+    want_losses = []
+    for b, (x, y) in enumerate(batches):
+        losses = []
+        for xm, ym in zip(x.chunk(M), y.chunk(M)):
+            loss = F.cross_entropy(model(xm), ym) / M
+            loss.backward()
+            losses.append(loss.detach())
+        for group in optimizer.param_groups:
+            group["lr"] = lr_of(b)
+        optimizer.step()
+        optimizer.zero_grad()
+        want_losses.append(torch.stack(losses).sum().item())
+    got_states, got_losses, summary = distributed(K, overrides, tmp_path)
+    support.assert_states_equal(got_states, [s.state_dict() for s in stages])
+    assert got_losses == want_losses
+    assert summary["status"] == "ok" and summary["algo"] == algo and len(summary["stages"]) == K

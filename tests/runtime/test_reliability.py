@@ -15,7 +15,7 @@ import torch
 
 from fr_dist.runtime import checkpoint
 from tests.ranks import free_port, run_ranks, start_ranks
-from tests.test_fr_distributed import COMMON, MLP, RESNET8, assert_states_equal, distributed
+from tests.support import COMMON, MLP, RESNET8, ROOT, assert_states_equal, distributed
 
 
 def losses_after(run_dir: Path, step: int) -> list[float]:
@@ -102,7 +102,7 @@ def test_torchrun_restart_resumes_exactly(tmp_path):
     want_states, want_losses, _ = distributed(2, [*overrides, "seed=5"], straight)
     work = tmp_path / "restarted"
     work.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--max-restarts=1",
                             "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
                             "--nproc_per_node=2", "-m", "fr_dist.train", "splits=2", "seed=5", *overrides],

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from fr_dist.algos import ALGOS, fr
+from fr_dist.algos import ALGOS, PIPELINES, fr
 from fr_dist.runtime.actions import eval_schedule
-from fr_dist.algos.pipe import PipeAlgo
+from fr_dist.runtime.diagnostic import stepped_batches, with_passes
+from tests.support import program
 
 # gpipe and 1f1b bring their own communication (torch.distributed.pipelining).
-P2P_ALGOS = sorted(name for name, algo in ALGOS.items() if not isinstance(algo, PipeAlgo))
-
-
-def program(algo, stage: int, K: int, T: int) -> list[str]:
-    return [" ".join(map(str, algo.schedule(stage, K, t, T))) for t in range(algo.iterations(stage, K, T))]
+P2P_ALGOS = sorted(ALGOS)
 
 
 # Written out by hand from DESIGN section 1. L: load, Y: labels, Rx/Sx: receive/send
@@ -60,11 +57,31 @@ def test_eval_schedule_exact():
         "eL7 eF7 eSx7", "eRx7 eF7 eSx7", "eRx7 eY7 eS7"]
 
 
-def flat_program(algo, stage, K, T, steps_per_epoch):
-    """Every action of `stage` in order, with evaluations at epoch ends and after the drain."""
+def test_diagnostic_passes_exact():
+    """K = 3, iteration 4 of FR: every update computed, then one pass per stage, then the
+    gradients that cross into the next iteration and the steps (d<j>: the pass for stage j)."""
+    assert [" ".join(map(str, with_passes(fr, k, 3, 4, 10))) for k in range(3)] == [
+        "Pg2 L4 F4 Sx4 B2 d0L2 d0F2 d0Sx2 d0Pg2 d0B2 d1L3 d1F3 d1Sx3 d2L4 d2F4 d2Sx4 U2",
+        "Pg3 Rx4 F4 Sx4 B3 d0Rx2 d0F2 d0Sx2 d0Pg2 d0B2 d0Sg2 d1Rx3 d1F3 d1Sx3 d1Pg3 d1B3 d2Rx4 d2F4 d2Sx4 "
+        "Sg3 U3",
+        "Rx4 Y4 FB4 d0Rx2 d0Y2 d0FB2 d0Sg2 d1Rx3 d1Y3 d1FB3 d1Sg3 d2Rx4 d2Y4 d2FB4 Sg4 U4",
+    ]
+
+
+def test_pipelines_have_no_engine_schedule():
+    """gpipe and 1f1b train through torch.distributed.pipelining: nothing crosses an iteration on the links."""
+    for algo in PIPELINES.values():
+        assert algo.iterations(1, 3, 5) == 5
+        assert all(algo.schedule(k, 3, t, 5) == [] for k in range(3) for t in range(5))
+
+
+def flat_program(algo, stage, K, T, steps_per_epoch, diag_every=0):
+    """Every action of `stage` in order, with evaluations at epoch ends and after the drain,
+    and the diagnostic's passes every `diag_every` iterations."""
     acts = []
     for t in range(algo.iterations(stage, K, T)):
-        acts += algo.schedule(stage, K, t, T)
+        due = diag_every and (t + 1) % diag_every == 0 and t < T
+        acts += with_passes(algo, stage, K, t, T) if due else algo.schedule(stage, K, t, T)
         if t < T - 1 and (t + 1) % steps_per_epoch == 0:
             acts += [a for e in range(2) for a in eval_schedule(stage, K, e)]
     return acts + [a for e in range(2) for a in eval_schedule(stage, K, e)]
@@ -87,7 +104,7 @@ def simulate(programs):
         for k in range(K):
             while pc[k] < len(programs[k]):
                 a = programs[k][pc[k]]
-                key = (a.batch, a.eval)
+                key = (a.batch, a.eval, a.diag)
                 if a.op in ("send_x", "send_g"):
                     dst = k + 1 if a.op == "send_x" else k - 1
                     sent.setdefault((k, dst), []).append(key)
@@ -115,21 +132,29 @@ def simulate(programs):
 @pytest.mark.parametrize("name", P2P_ALGOS)
 @pytest.mark.parametrize("K", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("T", [1, 2, 3, 7])
-def test_sends_match_receives_in_order(name, K, T):
-    """For every neighbour pair, one side's sends equal the other's receives, in order."""
+@pytest.mark.parametrize("diag_every", [0, 1, 2])
+def test_sends_match_receives_in_order(name, K, T, diag_every):
+    """For every neighbour pair, one side's sends equal the other's receives, in order,
+    through training, evaluations, the diagnostic's passes and the drain."""
     algo = ALGOS[name]
-    programs = [flat_program(algo, k, K, T, steps_per_epoch=3) for k in range(K)]
+    programs = [flat_program(algo, k, K, T, steps_per_epoch=3, diag_every=diag_every) for k in range(K)]
     sent = simulate(programs)
     for k in range(K - 1):
-        recv_x = [(a.batch, a.eval) for a in programs[k + 1] if a.op == "recv_x"]
-        posted = [(a.batch, a.eval) for a in programs[k] if a.op == "post_g"]
+        recv_x = [(a.batch, a.eval, a.diag) for a in programs[k + 1] if a.op == "recv_x"]
+        posted = [(a.batch, a.eval, a.diag) for a in programs[k] if a.op == "post_g"]
         assert sent[(k, k + 1)] == recv_x
         assert sent[(k + 1, k)] == posted
-        assert [b for b, e in sent[(k, k + 1)] if not e] == list(range(T))  # every batch once, in order
+        training = [b for b, e, d in sent[(k, k + 1)] if not e and d is None]
+        assert training == list(range(T))  # every batch once, in order
     # The last stage's labels are those of the batches stage 0 loaded, in order.
-    loads = [(a.batch, a.eval) for a in programs[0] if a.op == "load"]
-    labels = [(a.batch, a.eval) for a in programs[-1] if a.op == "labels"]
+    loads = [(a.batch, a.eval, a.diag) for a in programs[0] if a.op == "load"]
+    labels = [(a.batch, a.eval, a.diag) for a in programs[-1] if a.op == "labels"]
     assert loads == labels
+    if diag_every:  # a pass per stage that steps, in every due iteration
+        passes = {(a.diag, a.batch) for a in programs[-1] if a.diag is not None}
+        want = {(j, b) for t in range(T) if (t + 1) % diag_every == 0
+                for j, b in stepped_batches(algo, K, t, T).items()}
+        assert passes == want
 
 
 @pytest.mark.parametrize("K", [1, 2, 3, 4])

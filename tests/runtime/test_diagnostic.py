@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fr_dist import reference
 from fr_dist.algos import fr
 from fr_dist.runtime.diagnostic import stepped_batches
-from tests.test_fr_distributed import COMMON, MLP, RESNET8, distributed, simulation_inputs
+from tests.support import COMMON, MLP, RESNET8, distributed, simulation_inputs
 
 
 def test_stepped_batches_follow_the_schedule():

@@ -17,7 +17,6 @@ from fr_dist.data.augment import augment
 from fr_dist.data.idx import read_idx
 from fr_dist.errors import FRError
 
-
 # ---------------------------------------------------------------- IDX / Fashion-MNIST
 
 

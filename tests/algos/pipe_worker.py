@@ -1,4 +1,4 @@
-"""One rank of tests/test_pipe.py: ``python -m tests.pipe_worker OUT_DIR`` with RANK, WORLD_SIZE,
+"""One rank of tests/algos/test_pipe.py: ``python -m tests.algos.pipe_worker OUT_DIR`` with RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT set. Trains every configuration in CONFIGS with PipeRunner and saves, per
 configuration, this stage's final state dict, the returned losses and the meters to OUT_DIR/rank{k}.pt.
 The model, data and learning rates are defined here so that the test's reference uses the same.

@@ -1,0 +1,165 @@
+"""Everything a rank does before its first iteration; a user error stops every rank here.
+
+Start-up joins nothing itself (train.py did): it makes the run directory, loads
+the data where it is needed (stage 0 inputs, last stage labels), builds the
+whole model on every rank from the same seed and keeps the stage's blocks,
+agrees on link shapes with the neighbours, and assembles the plan, the stage
+and the reporter the loop runs with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.distributed
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+from fr_dist import algos, data as datasets
+from fr_dist.config import Config
+from fr_dist.errors import FRError
+from fr_dist.models import build_blocks
+from fr_dist.models.probes import output_spec
+from fr_dist.optim import make_lr, make_optimizer
+from fr_dist.partition import stage_cuts
+from fr_dist.runtime.diagnostic import TrueGradient
+from fr_dist.runtime.engine import Engine
+from fr_dist.runtime.failures import together
+from fr_dist.runtime.groups import Runtime
+from fr_dist.runtime.links import Link, negotiate_shapes
+from fr_dist.runtime.metrics import Reporter
+from fr_dist.runtime.state import Plan, Stage
+
+
+def stage_seed(seed: int, stage: int) -> int:
+    """Seed of stage k's global RNG (dropout) after the shared model init."""
+    return seed + 1000 * (stage + 1)
+
+
+def make_run_dir(rt: Runtime, run_dir: str | None) -> Path:
+    """The job's run directory: chosen once by rank 0, the same on every rank.
+
+    Under torchrun the choice is kept in the agent's store, so a restarted job
+    (``--max-restarts``) finds its run directory, and its checkpoints, again.
+    """
+    box = [None]
+    if rt.rank == 0:
+        box[0] = run_dir or datetime.now().strftime("outputs/%Y-%m-%d/%H-%M-%S")
+        if run_dir is None:  # the agent's store lives as long as the torchrun job
+            box[0] = rt.record("run_dir", box[0], per_attempt=False) or box[0]
+    torch.distributed.broadcast_object_list(box, src=0, group=rt.control)
+    path = Path(box[0]).resolve()
+
+    def create():
+        try:
+            (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            probe = path / f".write_test_{rt.rank}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise FRError(f"cannot write the run directory {path}: {e.strerror}; choose another with hydra.run.dir=PATH")
+        return path
+
+    return together(rt, create)
+
+
+def stage_blocks(rt: Runtime, c: Config, in_shape, classes: int) -> tuple[nn.Module, list[int]]:
+    """This stage's blocks (built whole on every rank from the seed, for an identical init) and every cut."""
+    def build():
+        torch.manual_seed(c.seed)
+        blocks = build_blocks(c.model, in_shape, classes)
+        # partition=profiled: the same checks (K <= blocks) on every rank; rank 0 measures the cuts below
+        return blocks, stage_cuts(len(blocks), c.splits, "uniform" if c.partition == "profiled" else c.partition)
+
+    blocks, cuts = together(rt, build)
+    if c.partition == "profiled":
+        cuts = profiled_cuts(rt, blocks, in_shape, c)
+    k = rt.rank
+    return nn.Sequential(*blocks[cuts[k]:cuts[k + 1]]).to(rt.device), cuts
+
+
+def profiled_cuts(rt: Runtime, blocks, in_shape, c: Config) -> list[int]:
+    """Rank 0 times every block on its device and picks the boundaries; all ranks get them.
+
+    It chooses the cuts that minimise the largest stage cost under the FR cost
+    model (non-last stage 2f+b, last f+b, plus the boundary transfers).
+    """
+    from fr_dist.partition import predicted_stage_costs, profiled_cuts as best
+    from fr_dist.partition.profile import profile_model
+
+    box = [None]
+    if rt.rank == 0:
+        for block in blocks:
+            block.to(rt.device)
+        prof = profile_model(blocks, in_shape, c.batch_size, rt.device)
+        links = prof.link_costs(rt.device)
+        cuts = best(prof.costs, c.splits, links)
+        costs = ", ".join(f"{x * 1e3:.1f}" for x in predicted_stage_costs(prof.costs, cuts, links))
+        print(f"[stage 0] partition=profiled: cuts {cuts[1:-1]}, predicted stage costs {costs} ms per iteration",
+              file=sys.stderr, flush=True)
+        box[0] = cuts
+    torch.distributed.broadcast_object_list(box, src=0, group=rt.control)
+    return box[0]
+
+
+def make_links(rt: Runtime, in_spec, out_spec) -> dict[str, Link]:
+    """The stage's four links (fewer at the ends): activations in and out, error gradients in and out."""
+    k, K, device = rt.rank, rt.world, rt.device
+    links = {}
+    if k > 0:
+        links["x_in"] = Link(f"x {k-1}->{k}", rt.groups[(k - 1, k)], k - 1, *in_spec, device)
+        links["g_out"] = Link(f"g {k}->{k-1}", rt.groups[(k, k - 1)], k - 1, *in_spec, device)
+    if k < K - 1:
+        links["x_out"] = Link(f"x {k}->{k+1}", rt.groups[(k, k + 1)], k + 1, *out_spec, device)
+        links["g_in"] = Link(f"g {k+1}->{k}", rt.groups[(k + 1, k)], k + 1, *out_spec, device)
+    return links
+
+
+def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]):
+    """(plan, stage, reporter): the reporter on the last stage, else None."""
+    k, K, device = rt.rank, rt.world, rt.device
+    torch.set_num_threads(c.threads_per_rank)
+    path = make_run_dir(rt, run_dir)
+    if k == 0:
+        (path / ".hydra").mkdir(exist_ok=True)
+        OmegaConf.save(raw, path / ".hydra" / "config.yaml")
+        OmegaConf.save(OmegaConf.create(overrides), path / ".hydra" / "overrides.yaml")
+
+    # Data: stage 0 needs inputs, the last stage labels; both use one sampler.
+    data = together(rt, lambda: datasets.load(c.data, c.batch_size, c.seed) if k in (0, K - 1) else None)
+    box = [(data.in_shape, data.classes, data.steps_per_epoch, data.test_batches, len(data.test_y))
+           if k == 0 else None]
+    torch.distributed.broadcast_object_list(box, src=0, group=rt.control)
+    in_shape, classes, steps_per_epoch, test_batches, test_size = box[0]
+
+    module, cuts = stage_blocks(rt, c, in_shape, classes)
+    torch.manual_seed(stage_seed(c.seed, k))
+    in_spec, out_spec = negotiate_shapes(rt, ((c.batch_size, *in_shape), torch.float32),
+                                         lambda spec: output_spec(module, spec, device))
+
+    T = c.epochs * steps_per_epoch if c.max_steps is None else min(c.max_steps, c.epochs * steps_per_epoch)
+    lr_of = make_lr(c.optim, steps_per_epoch, T)
+    optimizer = make_optimizer(c.optim, list(module.parameters()))
+    name = c.algo.name
+    algo = algos.PIPELINES.get(name) or algos.ALGOS[name]
+    worker = algo.Worker(module, k, K, device, optimizer, lr_of, in_spec, c.algo)
+    probe = TrueGradient(module, k, device) if c.diag_every else None
+    engine = Engine(worker, data, make_links(rt, in_spec, out_spec), device, probe)
+    pipeline = None
+    if name in algos.PIPELINES:
+        pipeline = algo.pipeline(module, k, K, device, optimizer, lr_of, in_spec, out_spec, c.algo,
+                                 c.microbatches, data)
+    reporter = None
+    if k == K - 1:
+        run_name = f"{name}-K{K}-{c.model.get('name', 'custom')}-s{c.seed}"
+        reporter = together(rt, Reporter, path, c.wandb, dataclasses.asdict(c), run_name)
+    else:
+        together(rt, lambda: None)
+    meta = {"algo": name, "splits": K, "model": dict(c.model), "stage": k, "blocks": [cuts[k], cuts[k + 1]],
+            "batch_size": c.batch_size, "steps": T, "in_shape": list(in_shape), "classes": classes}
+    plan = Plan(algo, T, steps_per_epoch, test_batches, test_size, cuts, path, meta)
+    return plan, Stage(rt, module, optimizer, engine, lr_of, pipeline), reporter

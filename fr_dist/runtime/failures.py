@@ -1,0 +1,75 @@
+"""One message per failure, every rank stopping: at start-up and during training.
+
+A user error (FRError) is printed by the rank that found it; a lost peer by the
+first rank to notice, unless another rank already reported the failure that
+took the peer down; a bug with the schedule around the failing action.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import torch.distributed
+
+from fr_dist.errors import FRError
+from fr_dist.runtime.groups import Runtime, agree
+
+
+class Stop(Exception):
+    """The run stops; the rank that knows why already printed it."""
+
+
+class Preempted(Exception):
+    """SIGTERM reached a rank: every rank wrote a checkpoint and stops."""
+
+
+class NonFinite(Exception):
+    """A loss or a parameter stopped being a finite number."""
+
+
+def together(rt: Runtime, fn, *args):
+    """Run a start-up step on every rank; if any rank fails, all stop together.
+
+    Only the first failing rank prints, so a user sees one message.
+    """
+    error, result = None, None
+    try:
+        result = fn(*args)
+    except FRError as e:
+        error = str(e)
+    errors = agree(rt, error)
+    failed = [r for r, e in enumerate(errors) if e is not None]
+    if failed:
+        if rt.rank == failed[0]:
+            print(f"[stage {rt.rank}] error: {errors[rt.rank]}", file=sys.stderr, flush=True)
+        raise Stop
+    return result
+
+
+def report(rt: Runtime, e: Exception, step: int, waiting_on: int | None, history, checkpoints) -> None:
+    """Print this rank's one message for `e` (raised at iteration `step`), or nothing if it is not ours.
+
+    A rank that loses a peer (a closed connection, or no answer within
+    fail_timeout_s) speaks only if nobody reported a failure before it: then
+    the peer died without a word (killed, out of memory). `waiting_on` is the
+    peer of the transfer that was left unfinished, if any.
+    """
+    k = rt.rank
+    where = f"at step {step}"
+    lost = isinstance(e, torch.distributed.DistError) or "Connection" in str(e) or "Timed out" in str(e)
+    if lost:
+        who = f"stage {waiting_on}" if waiting_on is not None else "a peer"
+        mine = f"stage {k}: lost {who} {where}"
+        if rt.record("failure", mine) in (None, mine):
+            print(f"[stage {k}] error: {who} failed or stopped responding {where} "
+                  f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); stopping", file=sys.stderr, flush=True)
+        return
+    rt.record("failure", f"stage {k}: {e}")
+    if isinstance(e, (FRError, NonFinite)):
+        print(f"[stage {k}] error: {e}; the last complete checkpoint is kept in {checkpoints}",
+              file=sys.stderr, flush=True)
+    else:  # a bug: show where, and the schedule around the failing action
+        print(f"[stage {k}] internal error {where}: {e}\n[stage {k}] last actions: "
+              f"{' '.join(map(str, history))}", file=sys.stderr, flush=True)
+        traceback.print_exc()

@@ -1,0 +1,107 @@
+"""Checkpoints at a consistent cut of the pipeline, and exact resume from them.
+
+The files and their atomic writing are runtime/checkpoint.py; this module
+decides what a stage's checkpoint holds and how a run continues from one.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.distributed as tdist
+
+from fr_dist.errors import FRError
+from fr_dist.runtime import checkpoint
+from fr_dist.runtime.actions import in_flight
+from fr_dist.runtime.failures import Stop, together
+from fr_dist.runtime.groups import agree
+from fr_dist.runtime.state import Plan, Progress, Stage
+
+# What a checkpoint must share with the run that resumes it.
+IDENTITY = ("algo", "splits", "model", "stage", "blocks", "batch_size", "steps")
+
+def save(plan: Plan, stage: Stage, progress: Progress, keep: int, t: int, finished: bool = False) -> None:
+    """Checkpoint after iteration t-1 (t batches trained), all ranks in lockstep."""
+    rt, engine = stage.rt, stage.engine
+    directory = checkpoint.step_dir(plan.run_dir, t)
+    if rt.rank == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+    tdist.barrier(group=rt.control)
+    pending = [] if finished else in_flight(plan.algo, rt.rank, rt.world, t - 1, plan.T)
+    if len(pending) > 1:
+        raise RuntimeError(f"{len(pending)} gradients in flight on one link: the checkpoint cut is not supported")
+    if pending and (engine.sent_g is None or engine.sent_g[0] != pending[0]):
+        raise RuntimeError(f"the gradient of batch {pending[0]} is in flight but the engine sent {engine.sent_g}")
+    state = {
+        "meta": dict(plan.meta, step=t, finished=finished),
+        "model": stage.module.state_dict(),
+        "optimizer": stage.optimizer.state_dict() if stage.optimizer else None,
+        "worker": engine.worker.state_dict(),
+        "in_flight": (pending[0], engine.sent_g[1].detach().clone()) if pending else None,
+        "rng": {"cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None},
+        "report": progress.state_dict(),
+    }
+    checkpoint.atomic_save(state, directory / f"stage{rt.rank}.pt")
+    tdist.barrier(group=rt.control)  # every stage's file is durable
+    if rt.rank == 0:
+        checkpoint.mark_complete(directory, keep)
+
+
+def restore(plan: Plan, stage: Stage, progress: Progress, state: dict) -> int:
+    """Load a stage checkpoint; the iteration to continue from."""
+    rt = stage.rt
+    stage.module.load_state_dict(state["model"])
+    if stage.optimizer:
+        stage.optimizer.load_state_dict(state["optimizer"])
+    stage.engine.worker.load_state_dict(state["worker"])
+    torch.set_rng_state(state["rng"]["cpu"])
+    if state["rng"]["cuda"] is not None:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], rt.device)
+    progress.load_state_dict(state["report"])
+    if state["in_flight"] is not None:  # the receiver posts for it in the next iteration
+        stage.engine.resend(*state["in_flight"])
+    if state["meta"]["finished"]:
+        return plan.algo.iterations(rt.rank, rt.world, plan.T)
+    return state["meta"]["step"]
+
+
+def resume(plan: Plan, stage: Stage, progress: Progress, reporter, resume_from: str | None) -> int:
+    """The iteration to start from: 0, or where the checkpoint `resume_from` names left off.
+
+    With resume=auto an unreadable checkpoint (a stage file corrupt or missing
+    on any rank) is skipped for the previous complete one.
+    """
+    rt = stage.rt
+    tried = together(rt, checkpoint.candidates, resume_from, plan.run_dir)
+    for i, directory in enumerate(tried):
+        state, problem = None, None
+        try:
+            state = checkpoint.load_stage(directory, rt.rank, {key: plan.meta[key] for key in IDENTITY})
+        except checkpoint.Unreadable as e:
+            problem = ("unreadable", str(e))
+        except FRError as e:
+            problem = ("refused", str(e))
+        problems = agree(rt, problem)
+        failed = [r for r, p in enumerate(problems) if p is not None]
+        if not failed:
+            break
+        first = problems[failed[0]]
+        fall_back = resume_from == "auto" and i + 1 < len(tried) and all(problems[r][0] == "unreadable" for r in failed)
+        if rt.rank == failed[0]:
+            if fall_back:
+                print(f"[stage {rt.rank}] warning: {first[1]}; resuming from the previous one, {tried[i + 1]}",
+                      file=sys.stderr, flush=True)
+            else:
+                print(f"[stage {rt.rank}] error: {first[1]}", file=sys.stderr, flush=True)
+        if not fall_back:
+            raise Stop
+    else:
+        return 0
+    if reporter:
+        reporter.truncate(state["meta"]["step"])  # rows logged after the checkpoint are redone
+    start = restore(plan, stage, progress, state)
+    if rt.rank == 0:
+        print(f"[stage 0] resumed from step {state['meta']['step']} ({directory})", file=sys.stderr, flush=True)
+    return start

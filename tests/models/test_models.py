@@ -1,0 +1,76 @@
+"""Models as blocks: the ResNet family by hand, and a user's own model."""
+
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fr_dist import FRError
+from fr_dist.models import MODELS, build_blocks
+from tests.ranks import run_ranks
+
+
+def weighted_layers(blocks) -> int:
+    """Convolutions on the main path plus linear layers: the depth in He et al.'s count."""
+    n = 0
+    for block in blocks:
+        for name, m in block.named_modules():
+            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and "shortcut" not in name):
+                n += 1
+    return n
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_models_build_and_compose(name, shape):
+    torch.manual_seed(0)
+    blocks = build_blocks({"name": name}, shape, 10)
+    x = torch.randn(2, *shape)
+    for block in blocks:
+        x = block(x)
+    assert x.shape == (2, 10)
+    if name != "mlp":
+        depth = int(name[len("resnet"):])
+        assert weighted_layers(blocks) == depth
+        per = 9 if depth == 164 else 6
+        assert len(blocks) == 3 * (depth - 2) // per + 2  # stem, residual blocks, head
+
+
+def test_resnet20_parameter_count_by_hand():
+    # He et al.'s ResNet-20 with projection shortcuts, counted by hand:
+    # convs 3x3: 16*3*9 + 6*16*16*9 + (16*32*9 + 5*32*32*9) + (32*64*9 + 5*64*64*9)
+    convs = 432 + 13824 + (4608 + 46080) + (18432 + 184320)
+    shortcuts = 16 * 32 + 32 * 64
+    bn = 2 * (16 * 7 + 32 * 7 + 64 * 7)  # weight and bias; groups 2, 3 have a shortcut BN
+    fc = 64 * 10 + 10
+    blocks = build_blocks({"name": "resnet20"}, (3, 32, 32), 10)
+    assert sum(p.numel() for b in blocks for p in b.parameters()) == convs + shortcuts + bn + fc
+
+
+def tiny_net(in_shape, classes, width: int = 6):
+    """A user's model: a list of blocks built from the data's shape (used through _target_)."""
+    c = in_shape[0]
+    return [nn.Sequential(nn.Conv2d(c, width, 3, padding=1), nn.ReLU()),
+            nn.Sequential(nn.Flatten(), nn.Linear(width * in_shape[1] * in_shape[2], classes))]
+
+
+def test_user_target_model_trains_with_two_stages(tmp_path):
+    ranks = run_ranks(2, ["~model", "+model._target_=tests.models.test_models.tiny_net", "+model.width=5",
+                          "data.shape=[2,6,6]", "data.train_size=64", "data.test_size=16", "batch_size=16",
+                          "epochs=3", "optim.lr=0.05", f"hydra.run.dir={tmp_path}"])
+    assert all(r.returncode == 0 for r in ranks), ranks[-1].err[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["model"] == "tests.models.test_models.tiny_net"
+    assert [len(s["blocks"]) for s in summary["stages"]] == [1, 1]
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+              if "loss" in line]
+    assert losses[-1] < losses[0]
+
+
+def test_user_target_model_errors():
+    with pytest.raises(FRError, match="failed to build"):
+        build_blocks({"_target_": "tests.models.test_models.no_such_function"}, (1, 4, 4), 3)
