@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The throughput benchmark (fr_dist/bench.py): FR K = 2 against BP (1 and 2 threads),
+# The throughput benchmark (fr_dist/tools/bench/): FR K = 2 against BP (1 and 2 threads),
 # GPipe and 1F1B on ResNet-20, batch 128, 3x32x32 synthetic data, on this machine's CPU;
 # prints a table of medians and ratios and writes bench.json. Installs what it needs
 # like launch/test.sh. Extra arguments go to the benchmark, e.g. --quick or --out PATH.
