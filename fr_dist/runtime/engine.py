@@ -11,6 +11,7 @@ flight (runtime/checkpoint.py).
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -31,10 +32,15 @@ class Values:
 
 
 class Engine:
-    """`worker` computes training and evaluation, `probe` the diagnostic passes (or None)."""
+    """`worker` computes training and evaluation, `probe` the diagnostic passes (or None).
 
-    def __init__(self, worker, data, links: dict, device: torch.device, probe=None):
+    `autocast()` is the context every compute action but the optimizer step runs in
+    (mixed precision; a no-op context by default).
+    """
+
+    def __init__(self, worker, data, links: dict, device: torch.device, probe=None, autocast=nullcontext):
         self.worker, self.data, self.links, self.device, self.probe = worker, data, links, device, probe
+        self.autocast = autocast
         self.train, self.diag = Values(), Values()
         self.losses: list[torch.Tensor] = []  # of the last stage, one per batch, until taken
         self.correct = 0  # evaluation: correct predictions since the last take_correct
@@ -48,7 +54,11 @@ class Engine:
         for action in actions:
             self.history = self.history[-31:] + [action]
             start = time.perf_counter()
-            getattr(self, "_" + action.op)(action)
+            if action.op in COMPUTE and action.op != "step":
+                with self.autocast():
+                    getattr(self, "_" + action.op)(action)
+            else:
+                getattr(self, "_" + action.op)(action)
             if action.diag is not None:
                 self.diag_s += time.perf_counter() - start
             elif action.op in COMPUTE and self.timed:
