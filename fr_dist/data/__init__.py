@@ -12,8 +12,40 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from fr_dist.checks import integer, int_list, show
 from fr_dist.data.augment import augment
 from fr_dist.errors import FRError
+
+# Input shape (C, H, W) of each real dataset; synthetic data takes data.shape.
+SHAPES = {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
+SYNTHETIC_ONLY = ("shape", "classes", "train_size", "test_size")
+
+
+def check_options(data, batch_size: int) -> tuple[int, ...]:
+    """Refuse bad `data` options (config.DataConfig) at start-up; the input shape the model gets.
+
+    A real dataset's size is checked against batch_size when it is loaded.
+    """
+    from fr_dist.config import DataConfig
+
+    if data.name != "synthetic":
+        default = DataConfig()
+        for key in SYNTHETIC_ONLY:
+            if getattr(data, key) != getattr(default, key):
+                raise FRError(f"data.{key}={show(getattr(data, key))} applies to data=synthetic only; "
+                              f"data={data.name} has its own: remove the override")
+        return SHAPES[data.name]
+    int_list("data.shape", data.shape, [3, 32, 32], empty=False)
+    integer("data.classes", data.classes, low=2)
+    integer("data.train_size", data.train_size)
+    integer("data.test_size", data.test_size)
+    if batch_size > data.train_size:
+        raise FRError(f"batch_size={batch_size} is larger than data.train_size={data.train_size}: "
+                      f"use batch_size <= {data.train_size} or more training samples")
+    if data.augment and len(data.shape) != 3:
+        raise FRError(f"data.augment=true crops and flips images, but data.shape={show(data.shape)} is not "
+                      f"(C, H, W): set data.augment=false or a shape like data.shape=[3,32,32]")
+    return tuple(data.shape)
 
 
 class Batches:
@@ -99,8 +131,7 @@ def load(data, batch_size: int, seed: int) -> Batches:
     if data.name == "synthetic":
         from fr_dist.data.synthetic import make_synthetic
 
-        if data.train_size < 1 or data.test_size < 1 or data.classes < 2:
-            raise FRError("synthetic data needs train_size >= 1, test_size >= 1 and classes >= 2")
+        check_options(data, batch_size)
         tensors = make_synthetic(tuple(data.shape), data.classes, data.train_size, data.test_size, seed)
         return Batches(*tensors, data.classes, batch_size, seed, augment=data.augment)
     if data.name == "fashion_mnist":
