@@ -2,13 +2,85 @@
 
 from __future__ import annotations
 
+import inspect
+
+import torch
 import torch.nn as nn
 
+from fr_dist.checks import int_list, integer, probability, show
 from fr_dist.errors import FRError
 from fr_dist.models.mlp import mlp_blocks
 from fr_dist.models.resnet import RESNET_DEPTHS, resnet_blocks
 
 MODELS = ("mlp",) + tuple(f"resnet{d}" for d in RESNET_DEPTHS)
+
+# The checks of each built-in option (its keyword argument of mlp_blocks or resnet_blocks).
+OPTION_CHECKS = {
+    "hidden": lambda v: int_list("model.hidden", v, [64, 64, 64]),
+    "dropout": lambda v: probability("model.dropout", v, 0.1),
+    "width": lambda v: integer("model.width", v),
+}
+
+
+def options(name: str) -> list[str]:
+    """The keys model=NAME takes besides `name`: the keyword arguments of its builder."""
+    fn = mlp_blocks if name == "mlp" else resnet_blocks
+    return [p for p in inspect.signature(fn).parameters if p not in ("depth", "in_shape", "classes")]
+
+
+def check_options(model: dict, in_shape: tuple[int, ...]) -> None:
+    """Refuse a built-in model's unknown or bad options, or inputs it cannot take (config.validate calls it).
+
+    A user's model (``_target_``) is checked when it is built.
+    """
+    if "_target_" in model:
+        return
+    name = model["name"]
+    if name not in MODELS:
+        raise FRError(f"unknown model {show(name)}: choose one of {', '.join(MODELS)}, or give model._target_")
+    known = options(name)
+    for key, value in model.items():
+        if key == "name":
+            continue
+        if key not in known:
+            raise FRError(f"model.{key}={show(value)} is not an option of model={name} "
+                          f"(its options: {', '.join(known)}): remove it")
+        OPTION_CHECKS[key](value)
+    if name != "mlp" and len(in_shape) != 3:
+        raise FRError(f"model={name} needs images (C, H, W), but the data's shape is {show(list(in_shape))}: "
+                      f"set data.shape=[C,H,W] (e.g. data.shape=[3,32,32]) or use model=mlp")
+
+
+def probe(blocks: list[nn.Module], in_shape, classes: int, what: str) -> None:
+    """Run a user's blocks once on two zero samples (eval mode, no gradient, the global RNG untouched).
+
+    A block that fails, or an output that is no (2, classes) tensor, is one
+    FRError at start-up instead of a traceback at the first step.
+    """
+    x = torch.zeros(2, *in_shape)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for i, block in enumerate(blocks):
+            training = block.training
+            block.eval()
+            try:
+                x = block(x)
+            except Exception as e:
+                raise FRError(f"{what}: block {i} fails on inputs of shape {tuple(x.shape)}: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+            finally:
+                block.train(training)
+            if not isinstance(x, torch.Tensor):
+                raise FRError(f"{what}: block {i} returns a {type(x).__name__}; every block must return one tensor")
+    if tuple(x.shape) != (2, classes):
+        raise FRError(f"{what}: the last block returns shape {tuple(x.shape)} for 2 samples; it must return "
+                      f"(2, classes={classes}) scores")
+
+
+def feature_dims(model: dict) -> int | None:
+    """Dimensions of the features between stages, batch included: 2 (mlp), 4 (ResNets), None (a user's model)."""
+    if "_target_" in model:
+        return None
+    return 2 if model["name"] == "mlp" else 4
 
 
 def build_blocks(model: dict, in_shape: tuple[int, ...], classes: int) -> list[nn.Module]:
@@ -37,10 +109,11 @@ def build_blocks(model: dict, in_shape: tuple[int, ...], classes: int) -> list[n
         blocks = list(blocks)
         if not blocks or not all(isinstance(b, nn.Module) for b in blocks):
             raise FRError(f"model._target_={model['_target_']!r} must return a non-empty list of nn.Module blocks")
+        probe(blocks, in_shape, classes, f"model._target_={model['_target_']!r}")
         return blocks
     name = model.pop("name")
     if name not in MODELS:
-        raise FRError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}, "
+        raise FRError(f"unknown model {show(name)}: choose one of {', '.join(MODELS)}, "
                       f"or your own with model=custom model._target_=pkg.fn")
     try:
         if name == "mlp":
