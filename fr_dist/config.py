@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from fr_dist.checks import check_keys, choice, converted, int_list, integer, number, probability, refuse, show
 from fr_dist.errors import FRError
 
 
@@ -133,59 +134,138 @@ def validate(cfg: DictConfig, world_size: int) -> Config:
     Raises FRError naming the bad value and the fix. Runs identically on every
     rank, so every rank reaches the same verdict without talking to the others.
     """
-    name = OmegaConf.select(cfg, "algo.name", default="fr")
+    raw = _plain(cfg)
+    algo = raw.get("algo") or {}
+    name = algo.get("name", "fr") if isinstance(algo, dict) else algo
     if name not in ALGO_OPTIONS:
-        raise FRError(f"unknown algo {name!r}: choose one of {', '.join(ALGO_OPTIONS)} (algo=fr)")
+        raise FRError(f"unknown algo {show(name)}: choose one of {', '.join(ALGO_OPTIONS)} (algo=fr)")
+    check_keys(raw, Config, "")
+    check_keys(algo, ALGO_OPTIONS[name], "algo.", lambda *a: _algo_option(*a, name))
+    rest = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "algo"])
     try:
-        rest = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "algo"])
         merged = OmegaConf.merge(OmegaConf.structured(Config), rest)
+    except OmegaConfBaseException as e:  # a string that is no number or bool (check_keys leaves those to OmegaConf)
+        raise FRError(converted(e.full_key, e.msg, raw, Config, "")) from None
+    try:
         merged.algo = OmegaConf.merge(OmegaConf.structured(ALGO_OPTIONS[name]), cfg.get("algo") or {})
-        c: Config = OmegaConf.to_object(merged)  # also resolves interpolations
     except OmegaConfBaseException as e:
-        raise FRError(f"bad configuration: {e.msg if hasattr(e, 'msg') else e}".strip()) from None
-    if name == "dni" and c.algo.synth not in ("auto", "conv", "linear"):
-        raise FRError(f"algo.synth={c.algo.synth!r}: choose auto, conv or linear")
-    if name in ("gpipe", "1f1b"):
-        check_microbatches(name, c.microbatches, c.batch_size, c.splits)
-    if c.diag_every < 0:
-        raise FRError(f"diag_every={c.diag_every} must be >= 0 (0 turns the diagnostic off)")
-    if c.diag_every and c.algo.name in ("gpipe", "1f1b"):
-        raise FRError(f"diag_every needs a stage-wise update; algo={c.algo.name} has none: set diag_every=0")
+        raise FRError(converted(e.full_key, e.msg, algo, ALGO_OPTIONS[name], "algo.")) from None
+    c: Config = OmegaConf.to_object(merged)
+    _check_run(c, world_size)
+    _check_optim(c.optim)
+    _check_algo(c)
     if c.data.name not in DATASETS:
-        raise FRError(f"unknown data {c.data.name!r}: choose one of {', '.join(DATASETS)}")
-    if c.optim.name != "sgd":
-        raise FRError(f"unknown optimizer {c.optim.name!r}: only sgd is available (optim=sgd)")
-    if c.optim.schedule.name not in SCHEDULES:
-        raise FRError(f"unknown lr schedule {c.optim.schedule.name!r}: choose one of {', '.join(SCHEDULES)}")
-    for key in ("batch_size", "epochs", "splits", "eval_every", "log_every"):
-        if getattr(c, key) < 1:
-            raise FRError(f"{key}={getattr(c, key)} must be a positive integer")
-    if c.max_steps is not None and c.max_steps < 1:
-        raise FRError(f"max_steps={c.max_steps} must be positive or null")
-    if c.optim.lr <= 0:
-        raise FRError(f"optim.lr={c.optim.lr} must be positive")
+        raise FRError(f"unknown data {c.data.name!r}: choose one of {', '.join(DATASETS)} (data=NAME)")
+    from fr_dist.data import check_options as check_data
+    from fr_dist.models import check_options as check_model, feature_dims
+
+    in_shape = check_data(c.data, c.batch_size)
+    if not isinstance(c.model, dict) or not ("name" in c.model or "_target_" in c.model):
+        raise FRError("model is not set: choose one with model=mlp, model=resnet20, ...")
+    check_model(c.model, in_shape)
+    if name == "dni":
+        check_synth(c.algo.synth, feature_dims(c.model), c.model.get("name"))
+    if c.threads_per_rank is None:
+        c.threads_per_rank = max(1, (os.cpu_count() or 1) // world_size)
+    return c
+
+
+def _check_run(c: Config, world_size: int) -> None:
+    for key in ("splits", "epochs", "batch_size", "eval_every", "log_every", "microbatches", "ckpt_keep"):
+        integer(key, getattr(c, key))
+    integer("max_steps", c.max_steps, null=True)
+    integer("threads_per_rank", c.threads_per_rank, null=True, fix="set threads_per_rank=1 or more, or null "
+            "(cores / ranks)")
+    integer("diag_every", c.diag_every, low=0, fix="set diag_every=0 (0 turns the diagnostic off) or N > 0")
+    integer("ckpt_every", c.ckpt_every, low=0, fix="set ckpt_every=0 (only at the end) or N > 0")
+    if not 0 <= c.seed < 2**32:
+        refuse("seed", c.seed, "in [0, 2**32)", "set e.g. seed=0")
+    number("fail_timeout_s", c.fail_timeout_s, 60, open_low=True)
     if c.splits != world_size:
         raise FRError(
             f"splits={c.splits} but the world size is {world_size}: launch one process per stage "
             f"(torchrun --nproc_per_node={c.splits} ...) or set splits={world_size}"
         )
-    if not isinstance(c.model, dict) or not ("name" in c.model or "_target_" in c.model):
-        raise FRError("model is not set: choose one with model=mlp, model=resnet20, ...")
-    from fr_dist.models import MODELS
+    if c.partition not in ("uniform", "profiled"):  # its length and end: stage_cuts, when the blocks are known
+        example = list(range(1, c.splits))
+        if not isinstance(c.partition, list):
+            refuse("partition", c.partition, "uniform, profiled or a list of splits-1 increasing block indices",
+                   f"set partition=uniform or e.g. partition={show(example)}")
+        int_list("partition", c.partition, example, increasing=True)
+    if c.resume == "":
+        refuse("resume", c.resume, "null, auto or a checkpoint path", "set resume=null to start fresh, or resume=auto")
+    choice("wandb.mode", c.wandb.mode, ("online", "offline", "disabled"))
+    if not c.wandb.project:
+        refuse("wandb.project", c.wandb.project, "a non-empty string", "set e.g. wandb.project=fr_dist")
+    if c.wandb.group == "":
+        refuse("wandb.group", c.wandb.group, "a non-empty string or null", "set wandb.group=null or a name")
 
-    if "_target_" not in c.model and c.model["name"] not in MODELS:
-        raise FRError(f"unknown model {c.model['name']!r}: choose one of {', '.join(MODELS)}, or give model._target_")
-    if c.optim.nesterov and c.optim.momentum <= 0:
-        raise FRError(f"optim.nesterov=true needs optim.momentum > 0 (got {c.optim.momentum})")
-    if c.ckpt_every < 0 or c.ckpt_keep < 1:
-        raise FRError(f"ckpt_every={c.ckpt_every} must be >= 0 and ckpt_keep={c.ckpt_keep} >= 1")
-    if c.fail_timeout_s <= 0:
-        raise FRError(f"fail_timeout_s={c.fail_timeout_s} must be positive")
-    if c.wandb.mode not in ("online", "offline", "disabled"):
-        raise FRError(f"wandb.mode={c.wandb.mode!r}: choose online, offline or disabled")
-    if c.threads_per_rank is None:
-        c.threads_per_rank = max(1, (os.cpu_count() or 1) // world_size)
-    return c
+
+def _check_optim(o: OptimConfig) -> None:
+    if o.name != "sgd":
+        raise FRError(f"unknown optimizer {o.name!r}: only sgd is available (optim=sgd)")
+    number("optim.lr", o.lr, 0.1, open_low=True)
+    probability("optim.momentum", o.momentum, 0.9)
+    number("optim.weight_decay", o.weight_decay, 5e-4)
+    if o.nesterov and o.momentum <= 0:
+        raise FRError(f"optim.nesterov=true needs optim.momentum > 0 (got {o.momentum}): set optim.nesterov=false "
+                      f"or e.g. optim.momentum=0.9")
+    s = o.schedule
+    if s.name not in SCHEDULES:
+        raise FRError(f"unknown lr schedule {s.name!r}: choose one of {', '.join(SCHEDULES)}")
+    int_list("optim.schedule.milestones", s.milestones, [150, 225], increasing=True)
+    if s.milestones and s.name != "step":
+        raise FRError(f"optim.schedule.milestones={show(s.milestones)} apply to the step schedule only, not "
+                      f"optim.schedule.name={s.name}: set optim.schedule.name=step or optim.schedule.milestones=[]")
+    number("optim.schedule.gamma", s.gamma, 0.1, open_low=True)
+    number("optim.schedule.warmup_epochs", s.warmup_epochs, 0.0)
+
+
+def _check_algo(c: Config) -> None:
+    name = c.algo.name
+    if name == "dni":
+        choice("algo.synth", c.algo.synth, ("auto", "conv", "linear"))
+        number("algo.synth_lr", c.algo.synth_lr, 0.01, open_low=True, null=True)
+        integer("algo.synth_hidden", c.algo.synth_hidden, null=True)
+    if name in ("gpipe", "1f1b"):
+        check_microbatches(name, c.microbatches, c.batch_size, c.splits)
+    if c.diag_every and name in ("gpipe", "1f1b"):
+        raise FRError(f"diag_every needs a stage-wise update; algo={name} has none: set diag_every=0")
+
+
+def check_synth(synth: str, dims: int | None, model) -> None:
+    """DNI's synthetic-gradient model fits the features a stage sends: conv (N, C, H, W), linear (N, D).
+
+    validate checks the built-in models; build.py a user's model, once its link shapes are known.
+    """
+    kind = synth if synth != "auto" else "conv" if dims == 4 else "linear"
+    if dims is not None and dims != (4 if kind == "conv" else 2):
+        fix = ("set algo.synth=auto" if dims in (2, 4) else
+               "DNI has no synthetic-gradient model for them: send (N, C, H, W) or (N, D) features, or choose another algo")
+        raise FRError(f"algo.synth={synth} makes a {kind} synthetic-gradient model, which needs "
+                      f"{'(N, C, H, W)' if kind == 'conv' else '(N, D)'} features, but model={model} sends "
+                      f"{dims}-D ones: {fix}")
+
+
+def _algo_option(key: str, value, names: list[str], algo: str) -> str:
+    """The message for `key` (algo.X) that algo=ALGO does not take; which algorithm has it."""
+    own = [n for n in names if n != "name"]
+    owners = [a for a, schema in ALGO_OPTIONS.items() if key[len("algo."):] in (f.name for f in fields(schema))]
+    return (f"bad configuration: {key} is not an option of algo={algo} (its options: {', '.join(own) or 'none'}): "
+            f"remove {key}={show(value)}" + (f", or choose algo={owners[0]}, which has it" if owners else ""))
+
+
+def _plain(cfg: DictConfig) -> dict:
+    """`cfg` as plain containers, interpolations resolved; one that cannot be is an FRError naming its key."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        key = e.full_key or "?"
+        written = OmegaConf.to_container(cfg, resolve=False)
+        for part in key.split("."):
+            written = written.get(part) if isinstance(written, dict) else None
+        raise FRError(f"bad configuration: {key}={written} cannot be resolved ({str(e.msg).splitlines()[0]}): "
+                      f"fix the interpolation or set a value") from None
 
 
 def compose(overrides: list[str], config_name: str = "config") -> DictConfig:
@@ -200,6 +280,15 @@ def compose(overrides: list[str], config_name: str = "config") -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as e:
+        raise FRError(f"bad configuration: {one_line(str(e))}") from None
+    except ValueError as e:  # Hydra's refusal of a config group set to null (model=null)
+        for key, _, value in (o.lstrip("+~").partition("=") for o in overrides):
+            if value == "null" and (CONF_DIR / key).is_dir():
+                names = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+                default = next((d[key] for d in OmegaConf.load(CONF_DIR / "config.yaml").defaults
+                                if isinstance(d, DictConfig) and key in d), names[0])
+                raise FRError(f"{key}=null: {key} is a config group, not a value: choose one of "
+                              f"{', '.join(names)} (e.g. {key}={default})") from None
         raise FRError(f"bad configuration: {one_line(str(e))}") from None
     with open_dict(cfg):
         del cfg["hydra"]
