@@ -20,7 +20,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from fr_dist import algos, data as datasets
-from fr_dist.config import Config
+from fr_dist.config import Config, check_synth
 from fr_dist.errors import FRError
 from fr_dist.models import build_blocks
 from fr_dist.models.probes import output_spec
@@ -145,6 +145,8 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
     lr_of = make_lr(c.optim, steps_per_epoch, T)
     optimizer = make_optimizer(c.optim, list(module.parameters()))
     name = c.algo.name
+    if name == "dni":  # a user's model: its synthetic-gradient model must fit the features it sends
+        together(rt, check_synth, c.algo.synth, len(out_spec[0]) if k < K - 1 else None, c.model.get("_target_"))
     algo = algos.PIPELINES.get(name) or algos.ALGOS[name]
     worker = algo.Worker(module, k, K, device, optimizer, lr_of, in_spec, c.algo)
     probe = TrueGradient(module, k, device) if c.diag_every else None
