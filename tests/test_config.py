@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fr_dist import FRError
 from fr_dist.config import CONF_DIR, compose, validate
 from fr_dist.optim import make_lr
 
+E = re.escape  # a message expected word for word
 
 @pytest.mark.parametrize("overrides,match", [
     (["algo.name=foo"], "unknown algo 'foo'"),
@@ -24,10 +27,157 @@ from fr_dist.optim import make_lr
     (["diag_every=-1"], "diag_every=-1 must be >= 0"),
     (["batch_size=abc"], "bad configuration"),
     (["nonsense=1"], "bad configuration"),
+    # Types, named by key, on one line (OmegaConf's own messages span several).
+    (["batch_size=abc"], E("batch_size='abc' must be an integer: set e.g. batch_size=128")),
+    (["epochs=1.5"], E("epochs=1.5 must be an integer: set e.g. epochs=1")),
+    (["batch_size=true"], E("batch_size=true must be an integer")),
+    (["splits=[2]"], E("splits=[2] must be an integer")),
+    (["optim.lr=true"], E("optim.lr=true must be a number: set e.g. optim.lr=0.1")),
+    (["optim.momentum=abc"], E("optim.momentum='abc' must be a number")),
+    (["optim.nesterov=2"], E("optim.nesterov=2 must be true or false: set e.g. optim.nesterov=false")),
+    (["progress=maybe"], E("progress='maybe' must be true or false")),
+    (["data.augment=maybe"], E("data.augment='maybe' must be true or false")),
+    (["data.data_root=[1]"], E("data.data_root=[1] must be a string or null")),
+    (["wandb.group=[1]"], E("wandb.group=[1] must be a string or null")),
+    (["resume=[1]"], E("resume=[1] must be a string or null")),
+    (["data.shape=3"], E("data.shape=3 must be a list")),
+    (["optim.schedule.milestones=5"], E("optim.schedule.milestones=5 must be a list")),
+    (["threads_per_rank=abc"], E("threads_per_rank='abc' must be an integer or null")),
+    (["algo=dni", "algo.synth_hidden=abc"], E("algo.synth_hidden='abc' must be an integer or null")),
+    (["algo=gpipe", "algo.checkpoint=maybe"], E("algo.checkpoint='maybe' must be true or false")),
+    (["wandb=null"], E("wandb=null must be a section with the keys mode, project, group")),
+    (["batch_size=${nowhere}"], E("batch_size=${nowhere} cannot be resolved (Interpolation key 'nowhere' not found)")),
+    # Unknown keys, and options of another algorithm or model.
+    (["+batchsize=1"], E("batchsize=1 is not a configuration key: remove it (did you mean batch_size?)")),
+    (["+data.clases=3"], E("data.clases=3 is not a key of data (its keys: name, data_root, shape,")),
+    (["+optim.foo=1"], E("optim.foo=1 is not a key of optim")),
+    (["+algo.synth=conv"], E("algo.synth is not an option of algo=fr (its options: none): remove algo.synth='conv', "
+                             "or choose algo=dni, which has it")),
+    (["algo=gpipe", "+algo.synth=conv"], E("algo.synth is not an option of algo=gpipe (its options: checkpoint)")),
+    (["algo=dni", "+algo.checkpoint=true"], E("algo.checkpoint is not an option of algo=dni (its options: synth, "
+                                              "synth_lr, synth_hidden)")),
+    (["+model.width=4"], E("model.width=4 is not an option of model=mlp (its options: hidden, dropout): remove it")),
+    (["model=resnet8", "+model.hidden=[3]"], E("model.hidden=[3] is not an option of model=resnet8 (its options: width)")),
+    # Config groups set to null.
+    (["model=null"], E("model=null: model is a config group, not a value: choose one of mlp,")),
+    (["algo=null"], E("algo=null: algo is a config group, not a value")),
+    (["data=null"], E("(e.g. data=synthetic)")),
+    # Ranges of run keys.
+    (["splits=0"], E("splits=0 must be a positive integer: set splits=1 or more")),
+    (["eval_every=0"], E("eval_every=0 must be a positive integer")),
+    (["log_every=-2"], E("log_every=-2 must be a positive integer")),
+    (["microbatches=0"], E("microbatches=0 must be a positive integer")),
+    (["algo=gpipe", "microbatches=-1"], E("microbatches=-1 must be a positive integer")),
+    (["max_steps=0"], E("max_steps=0 must be a positive integer or null: set max_steps=1 or more, or max_steps=null")),
+    (["threads_per_rank=0"], E("threads_per_rank=0 must be a positive integer or null")),
+    (["ckpt_keep=0"], E("ckpt_keep=0 must be a positive integer: set ckpt_keep=1 or more")),
+    (["ckpt_every=-1"], E("ckpt_every=-1 must be >= 0: set ckpt_every=0 (only at the end) or N > 0")),
+    (["seed=-1"], E("seed=-1 must be in [0, 2**32): set e.g. seed=0")),
+    (["seed=4294967296"], E("seed=4294967296 must be in [0, 2**32)")),
+    (["fail_timeout_s=0"], E("fail_timeout_s=0.0 must be a positive number")),
+    (["fail_timeout_s=inf"], E("fail_timeout_s=inf must be a positive number")),
+    (["resume=''"], E("resume='' must be null, auto or a checkpoint path: set resume=null to start fresh")),
+    (["wandb.mode=foo"], E("wandb.mode='foo' must be one of online, offline, disabled")),
+    (["wandb.project=''"], E("wandb.project='' must be a non-empty string: set e.g. wandb.project=fr_dist")),
+    (["wandb.group=''"], E("wandb.group='' must be a non-empty string or null")),
+    # partition: uniform, profiled or increasing block indices (its length and end: at start-up, test_train.py).
+    (["partition=foo"], E("partition='foo' must be uniform, profiled or a list of splits-1 increasing block indices: "
+                          "set partition=uniform or e.g. partition=[1]")),
+    (["partition=1"], E("partition=1 must be uniform, profiled or a list")),
+    (["partition=null"], E("partition=null must be uniform, profiled or a list")),
+    (["partition=[0]"], E("partition=[0]: the element 0 must be a positive integer: set e.g. partition=[1]")),
+    (["partition=[1.5]"], E("partition=[1.5]: the element 1.5 must be a positive integer")),
+    (["partition=[a]"], E("partition=['a']: the element 'a' must be a positive integer")),
+    (["partition=[2,2]"], E("partition=[2,2] must be strictly increasing")),
+    # The optimizer and its schedule.
+    (["optim.lr=0"], E("optim.lr=0.0 must be a positive number: set e.g. optim.lr=0.1")),
+    (["optim.lr=nan"], E("optim.lr=nan must be a positive number")),
+    (["optim.lr=-inf"], E("optim.lr=-inf must be a positive number")),
+    (["optim.momentum=1"], E("optim.momentum=1.0 must be a number in [0, 1): set e.g. optim.momentum=0.9")),
+    (["optim.momentum=-0.5"], E("optim.momentum=-0.5 must be a number in [0, 1)")),
+    (["optim.weight_decay=-1"], E("optim.weight_decay=-1.0 must be a number >= 0")),
+    (["optim.nesterov=true", "optim.momentum=0"], E("optim.nesterov=true needs optim.momentum > 0 (got 0.0)")),
+    (["optim.schedule.gamma=0"], E("optim.schedule.gamma=0.0 must be a positive number")),
+    (["optim.schedule.gamma=-1"], E("optim.schedule.gamma=-1.0 must be a positive number")),
+    (["optim.schedule.warmup_epochs=-1"], E("optim.schedule.warmup_epochs=-1.0 must be a number >= 0")),
+    (["optim.schedule.name=step", "optim.schedule.milestones=[-1]"],
+     E("optim.schedule.milestones=[-1]: the element -1 must be a positive integer")),
+    (["optim.schedule.name=step", "optim.schedule.milestones=[1.5]"],
+     E("optim.schedule.milestones=[1.5]: the element 1.5 must be a positive integer")),
+    (["optim.schedule.name=step", "optim.schedule.milestones=[a]"],
+     E("optim.schedule.milestones=['a']: the element 'a' must be a positive integer")),
+    (["optim.schedule.name=step", "optim.schedule.milestones=[3,1]"],
+     E("optim.schedule.milestones=[3,1] must be strictly increasing: sort it and drop repeats, "
+       "e.g. optim.schedule.milestones=[1,3]")),
+    (["optim.schedule.name=step", "optim.schedule.milestones=[2,2]"], E("milestones=[2,2] must be strictly increasing")),
+    (["optim.schedule.milestones=[2]"], E("optim.schedule.milestones=[2] apply to the step schedule only, not "
+                                          "optim.schedule.name=cosine")),
+    # Algorithm options.
+    (["algo=dni", "algo.synth=foo"], E("algo.synth='foo' must be one of auto, conv, linear")),
+    (["algo=dni", "algo.synth_lr=0"], E("algo.synth_lr=0.0 must be a positive number or null")),
+    (["algo=dni", "algo.synth_lr=-1"], E("algo.synth_lr=-1.0 must be a positive number or null")),
+    (["algo=dni", "algo.synth_hidden=0"], E("algo.synth_hidden=0 must be a positive integer or null")),
+    (["algo=dni", "algo.synth=conv"], E("algo.synth=conv makes a conv synthetic-gradient model, which needs "
+                                        "(N, C, H, W) features, but model=mlp sends 2-D ones: set algo.synth=auto")),
+    (["algo=dni", "algo.synth=linear", "model=resnet8"], E("algo.synth=linear makes a linear synthetic-gradient "
+                                                           "model, which needs (N, D) features")),
+    (["algo=1f1b", "diag_every=5"], E("diag_every needs a stage-wise update; algo=1f1b has none")),
+    # Model options (models.check_options).
+    (["model.hidden=[8,-1]"], E("model.hidden=[8,-1]: the element -1 must be a positive integer: "
+                                "set e.g. model.hidden=[64,64,64]")),
+    (["model.hidden=[8,0]"], E("model.hidden=[8,0]: the element 0 must be a positive integer")),
+    (["model.hidden=[a]"], E("model.hidden=['a']: the element 'a' must be a positive integer")),
+    (["model.hidden=[1.5]"], E("model.hidden=[1.5]: the element 1.5 must be a positive integer")),
+    (["model.hidden=8"], E("model.hidden=8 must be a list of positive integers")),
+    (["model.dropout=1"], E("model.dropout=1 must be a number in [0, 1): set e.g. model.dropout=0.1")),
+    (["model.dropout=-0.1"], E("model.dropout=-0.1 must be a number in [0, 1)")),
+    (["model.dropout=abc"], E("model.dropout='abc' must be a number in [0, 1)")),
+    (["model=resnet8", "model.width=0"], E("model.width=0 must be a positive integer: set model.width=1 or more")),
+    (["model=resnet8", "model.width=2.5"], E("model.width=2.5 must be a positive integer")),
+    (["model=resnet8", "model.width=abc"], E("model.width='abc' must be a positive integer")),
+    (["model.name=null"], "unknown model null"),
+    (["model=resnet8", "data.shape=[3,4]"], E("model=resnet8 needs images (C, H, W), but the data's shape is [3,4]: "
+                                              "set data.shape=[C,H,W]")),
+    # Data options (data.check_options).
+    (["data.shape=[0,4,4]"], E("data.shape=[0,4,4]: the element 0 must be a positive integer: "
+                               "set e.g. data.shape=[3,32,32]")),
+    (["data.shape=[3,a]"], E("data.shape=[3,'a']: the element 'a' must be a positive integer")),
+    (["data.shape=[3,-4,4]"], E("data.shape=[3,-4,4]: the element -4 must be a positive integer")),
+    (["data.shape=[1.5,4,4]"], E("data.shape=[1.5,4,4]: the element 1.5 must be a positive integer")),
+    (["data.shape=[3,[1],4]"], E("data.shape=[3,[1],4]: the element [1] must be a positive integer")),
+    (["data.shape=[]"], E("data.shape=[] must be a non-empty list")),
+    (["data.classes=1"], E("data.classes=1 must be >= 2: set data.classes=2 or more")),
+    (["data.train_size=0"], E("data.train_size=0 must be a positive integer")),
+    (["data.test_size=-3"], E("data.test_size=-3 must be a positive integer")),
+    (["data.train_size=1.5"], E("data.train_size=1.5 must be an integer")),
+    (["batch_size=3000"], E("batch_size=3000 is larger than data.train_size=2048: use batch_size <= 2048")),
+    (["data.augment=true", "data.shape=[3]"], E("data.augment=true crops and flips images, but data.shape=[3] "
+                                                "is not (C, H, W)")),
+    (["data.name=fashion_mnist", "data.classes=3"], E("data.classes=3 applies to data=synthetic only; "
+                                                      "data=fashion_mnist has its own: remove the override")),
+    (["data.name=cifar10", "data.shape=[1,2,2]"], E("data.shape=[1,2,2] applies to data=synthetic only")),
 ])
 def test_config_errors(overrides, match):
-    with pytest.raises(FRError, match=match):
+    with pytest.raises(FRError, match=match) as refused:
         validate(compose(["splits=2", *overrides]), world_size=2)
+    assert "\n" not in str(refused.value)  # one line: train.py prints it after "[stage 0] error: "
+
+
+@pytest.mark.parametrize("overrides", [
+    ["algo=dni", "algo.synth=conv", "model=resnet8", "data.shape=[3,8,8]"],
+    ["algo=dni", "algo.synth=linear", "algo.synth_lr=0.5", "algo.synth_hidden=4"],
+    ["optim.schedule.name=step", "optim.schedule.milestones=[1,3]", "optim.schedule.gamma=1e30"],
+    ["optim.momentum=0", "optim.weight_decay=0", "optim.schedule.warmup_epochs=0.5"],
+    ["partition=[2]", "seed=4294967295", "threads_per_rank=1", "max_steps=1", "resume=null", "ckpt_every=0"],
+    ["data.shape=[1,2,3,4]", "model.hidden=[]", "splits=1"],
+    ["model=resnet8", "data.shape=[3,1,1]", "model.width=1"],
+    ["data=fashion_mnist", "batch_size=1"],
+    ["wandb.group=sweep", "wandb.project=p"],
+])
+def test_config_edges_validate(overrides):
+    """Values at the edges of the ranges, and combinations that work, are accepted."""
+    splits = 1 if "splits=1" in overrides else 2
+    validate(compose([f"splits={splits}", "wandb.mode=disabled", *overrides]), world_size=splits)
 
 
 def test_config_defaults_validate():
