@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import pytest
 import torch
 import torch.nn as nn
 
 from fr_dist import FRError
-from fr_dist.models import MODELS, build_blocks
+from fr_dist.models import MODELS, OPTION_CHECKS, build_blocks, options, probe
 from tests.ranks import run_ranks
 
 
@@ -74,3 +76,49 @@ def test_user_target_model_trains_with_two_stages(tmp_path):
 def test_user_target_model_errors():
     with pytest.raises(FRError, match="failed to build"):
         build_blocks({"_target_": "tests.models.test_models.no_such_function"}, (1, 4, 4), 3)
+
+
+class Pair(nn.Module):
+    def forward(self, x):
+        return x, x
+
+
+def odd_net(in_shape, classes, fault: str):
+    """A user's model with one fault: a block that fails, a tuple between blocks, or a head of the wrong width."""
+    width = math.prod(in_shape)
+    first = {"fails": nn.Linear(3, 3), "tuple": Pair(), "head": nn.Flatten()}[fault]
+    return [first, nn.Sequential(nn.Flatten(), nn.Linear(width, classes + 1))]
+
+
+@pytest.mark.parametrize("fault,message", [
+    ("fails", "model._target_='tests.models.test_models.odd_net': block 0 fails on inputs of shape (2, 1, 4, 4): "
+              "RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
+    ("tuple", "model._target_='tests.models.test_models.odd_net': block 0 returns a tuple; every block must return "
+              "one tensor"),
+    ("head", "model._target_='tests.models.test_models.odd_net': the last block returns shape (2, 4) for 2 samples; "
+             "it must return (2, classes=3) scores"),
+])
+def test_user_model_is_probed_at_build(fault, message):
+    with pytest.raises(FRError, match=re.escape(message)):
+        build_blocks({"_target_": "tests.models.test_models.odd_net", "fault": fault}, (1, 4, 4), 3)
+
+
+def test_probe_changes_nothing():
+    """The probe of a user's model draws no random number and leaves modes and BatchNorm statistics alone."""
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.Dropout(0.5)),
+              nn.Sequential(nn.Flatten(), nn.Linear(32, 3))]
+    blocks[1].eval()
+    before = [{k: v.clone() for k, v in b.state_dict().items()} for b in blocks]
+    rng = torch.get_rng_state()
+    probe(blocks, (1, 4, 4), 3, "model")
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert [b.training for b in blocks] == [True, False]
+    for b, saved in zip(blocks, before):
+        assert all(torch.equal(v, saved[k]) for k, v in b.state_dict().items())
+
+
+def test_every_builtin_option_is_checked():
+    """config.validate refuses a bad value of every keyword option of the built-in models."""
+    assert options("mlp") == ["hidden", "dropout"] and options("resnet20") == ["width"]
+    assert {key for name in MODELS for key in options(name)} == set(OPTION_CHECKS)
