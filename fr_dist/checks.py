@@ -102,7 +102,9 @@ def field_of(schema, key: str):
     if optional:
         tp = next(a for a in get_args(tp) if a is not type(None))
     f = found[key]
-    example = f.default if f.default is not MISSING else f.default_factory() if f.default_factory is not MISSING else None
+    example = f.default if f.default is not MISSING else None
+    if f.default_factory is not MISSING:
+        example = f.default_factory()
     if example is None or (isinstance(example, str) and "${" in example):
         example = EXAMPLES.get(tp)
     return tp, optional, example
@@ -126,7 +128,8 @@ def unknown_key(key: str, value, names: list[str]) -> str:
     section, _, last = key.rpartition(".")
     close = difflib.get_close_matches(last, names, 1)
     where = f"a key of {section} (its keys: {', '.join(names)})" if section else "a configuration key"
-    return f"bad configuration: {key}={show(value)} is not {where}: remove it" + (f" (did you mean {close[0]}?)" if close else "")
+    return (f"bad configuration: {key}={show(value)} is not {where}: remove it"
+            + (f" (did you mean {close[0]}?)" if close else ""))
 
 
 def check_keys(section: dict, schema, prefix: str, unknown=unknown_key) -> None:

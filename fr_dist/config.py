@@ -240,8 +240,8 @@ def check_synth(synth: str, dims: int | None, model) -> None:
     """
     kind = synth if synth != "auto" else "conv" if dims == 4 else "linear"
     if dims is not None and dims != (4 if kind == "conv" else 2):
-        fix = ("set algo.synth=auto" if dims in (2, 4) else
-               "DNI has no synthetic-gradient model for them: send (N, C, H, W) or (N, D) features, or choose another algo")
+        fix = ("set algo.synth=auto" if dims in (2, 4) else "DNI has no synthetic-gradient model for them: "
+               "send (N, C, H, W) or (N, D) features, or choose another algo")
         raise FRError(f"algo.synth={synth} makes a {kind} synthetic-gradient model, which needs "
                       f"{'(N, C, H, W)' if kind == 'conv' else '(N, D)'} features, but model={model} sends "
                       f"{dims}-D ones: {fix}")

@@ -57,7 +57,8 @@ E = re.escape  # a message expected word for word
     (["algo=dni", "+algo.checkpoint=true"], E("algo.checkpoint is not an option of algo=dni (its options: synth, "
                                               "synth_lr, synth_hidden)")),
     (["+model.width=4"], E("model.width=4 is not an option of model=mlp (its options: hidden, dropout): remove it")),
-    (["model=resnet8", "+model.hidden=[3]"], E("model.hidden=[3] is not an option of model=resnet8 (its options: width)")),
+    (["model=resnet8", "+model.hidden=[3]"],
+     E("model.hidden=[3] is not an option of model=resnet8 (its options: width)")),
     # Config groups set to null.
     (["model=null"], E("model=null: model is a config group, not a value: choose one of mlp,")),
     (["algo=null"], E("algo=null: algo is a config group, not a value")),
@@ -109,7 +110,8 @@ E = re.escape  # a message expected word for word
     (["optim.schedule.name=step", "optim.schedule.milestones=[3,1]"],
      E("optim.schedule.milestones=[3,1] must be strictly increasing: sort it and drop repeats, "
        "e.g. optim.schedule.milestones=[1,3]")),
-    (["optim.schedule.name=step", "optim.schedule.milestones=[2,2]"], E("milestones=[2,2] must be strictly increasing")),
+    (["optim.schedule.name=step", "optim.schedule.milestones=[2,2]"],
+     E("milestones=[2,2] must be strictly increasing")),
     (["optim.schedule.milestones=[2]"], E("optim.schedule.milestones=[2] apply to the step schedule only, not "
                                           "optim.schedule.name=cosine")),
     # Algorithm options.
