@@ -15,7 +15,7 @@ from fr_dist.errors import FRError
 
 
 def show(value) -> str:
-    """`value` as written in an override: null, true, 'abc', [3, 32, 32]."""
+    """`value` as written in an override: null, true, 'abc', [3,32,32]."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -23,6 +23,12 @@ def show(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(map(show, value)) + "]"
     return repr(value)
+
+
+def reason(e: BaseException) -> str:
+    """An exception's first line, without torch's allocator preamble: "can't allocate memory: ... bytes"."""
+    line = (str(e).splitlines() or [type(e).__name__])[0]
+    return line.split("DefaultCPUAllocator: ", 1)[-1].split(". Error code", 1)[0][:200]
 
 
 def refuse(key: str, value, rule: str, fix: str):

@@ -10,7 +10,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from fr_dist.checks import check_keys, choice, converted, int_list, integer, number, probability, refuse, show
+from fr_dist.checks import (check_keys, choice, converted, int_list, integer, is_number, number, probability, refuse,
+                            show)
 from fr_dist.errors import FRError
 
 
@@ -30,6 +31,8 @@ def _conf_dir() -> Path:
 CONF_DIR = _conf_dir()
 DATASETS = ("synthetic", "fashion_mnist", "cifar10", "cifar100")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
+# Fixed bounds, the same on every rank: 1e5 threads cannot start, a timeout of 1e300 s overflows torch's.
+MAX_THREADS, MAX_TIMEOUT_S = 1024, 86400
 
 
 @dataclass
@@ -121,9 +124,13 @@ class Config:
 
 def check_microbatches(schedule: str, M: int, batch_size: int, K: int) -> None:
     """The micro-batch rules of gpipe and 1f1b: validate() applies them at start-up, PipeRunner on construction."""
+    if M > batch_size:
+        raise FRError(f"microbatches={M} must be at most batch_size={batch_size} (a micro-batch holds a sample "
+                      f"or more): set microbatches={batch_size} or fewer")
     if M < 1 or batch_size % M:
+        divisor = max(d for d in range(1, max(M, 1) + 1) if batch_size % d == 0)  # M <= batch_size: a short search
         raise FRError(f"microbatches={M} must divide batch_size={batch_size} (equal micro-batches): "
-                      f"choose a divisor, e.g. microbatches={max(d for d in range(1, max(M, 1) + 1) if batch_size % d == 0)}")
+                      f"choose a divisor, e.g. microbatches={divisor}")
     if schedule == "1f1b" and M < K:
         raise FRError(f"1f1b needs microbatches >= splits (microbatches={M}, splits={K}): set microbatches={K} or more")
 
@@ -176,11 +183,15 @@ def _check_run(c: Config, world_size: int) -> None:
     integer("max_steps", c.max_steps, null=True)
     integer("threads_per_rank", c.threads_per_rank, null=True, fix="set threads_per_rank=1 or more, or null "
             "(cores / ranks)")
+    if (c.threads_per_rank or 0) > MAX_THREADS:
+        refuse("threads_per_rank", c.threads_per_rank, f"at most {MAX_THREADS}", "set threads_per_rank=null")
     integer("diag_every", c.diag_every, low=0, fix="set diag_every=0 (0 turns the diagnostic off) or N > 0")
     integer("ckpt_every", c.ckpt_every, low=0, fix="set ckpt_every=0 (only at the end) or N > 0")
     if not 0 <= c.seed < 2**32:
         refuse("seed", c.seed, "in [0, 2**32)", "set e.g. seed=0")
-    number("fail_timeout_s", c.fail_timeout_s, 60, open_low=True)
+    if not (is_number(c.fail_timeout_s) and 0 < c.fail_timeout_s <= MAX_TIMEOUT_S):
+        refuse("fail_timeout_s", c.fail_timeout_s, f"a number of seconds in (0, {MAX_TIMEOUT_S}]",
+               "set e.g. fail_timeout_s=60")
     if c.splits != world_size:
         raise FRError(
             f"splits={c.splits} but the world size is {world_size}: launch one process per stage "

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from fr_dist.checks import integer, int_list, show
+from fr_dist.checks import int_list, integer, reason, show
 from fr_dist.data.augment import augment
 from fr_dist.errors import FRError
 
@@ -132,7 +132,12 @@ def load(data, batch_size: int, seed: int) -> Batches:
         from fr_dist.data.synthetic import make_synthetic
 
         check_options(data, batch_size)
-        tensors = make_synthetic(tuple(data.shape), data.classes, data.train_size, data.test_size, seed)
+        try:
+            tensors = make_synthetic(tuple(data.shape), data.classes, data.train_size, data.test_size, seed)
+        except (RuntimeError, MemoryError) as e:  # sizes beyond this machine's memory
+            raise FRError(f"synthetic data of {data.train_size} + {data.test_size} samples of shape {show(data.shape)} "
+                          f"does not fit in memory ({reason(e)}): lower data.train_size, "
+                          f"data.test_size or data.shape") from None
         return Batches(*tensors, data.classes, batch_size, seed, augment=data.augment)
     if data.name == "fashion_mnist":
         from fr_dist.data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist

@@ -7,7 +7,7 @@ import inspect
 import torch
 import torch.nn as nn
 
-from fr_dist.checks import int_list, integer, probability, show
+from fr_dist.checks import int_list, integer, probability, reason, show
 from fr_dist.errors import FRError
 from fr_dist.models.mlp import mlp_blocks
 from fr_dist.models.resnet import RESNET_DEPTHS, resnet_blocks
@@ -66,7 +66,7 @@ def probe(blocks: list[nn.Module], in_shape, classes: int, what: str) -> None:
                 x = block(x)
             except Exception as e:
                 raise FRError(f"{what}: block {i} fails on inputs of shape {tuple(x.shape)}: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                              f"{type(e).__name__}: {reason(e)}") from None
             finally:
                 block.train(training)
             if not isinstance(x, torch.Tensor):
@@ -121,3 +121,7 @@ def build_blocks(model: dict, in_shape: tuple[int, ...], classes: int) -> list[n
         return resnet_blocks(int(name[len("resnet"):]), in_shape, classes, **model)
     except TypeError as e:
         raise FRError(f"model={name}: {e}") from None
+    except (RuntimeError, MemoryError) as e:  # sizes beyond this machine's memory
+        sizes = " ".join(f"model.{k}={show(v)}" for k, v in model.items()) or "its defaults"
+        raise FRError(f"model={name} with {sizes} does not fit in memory ({reason(e)}): "
+                      f"lower its sizes") from None
