@@ -157,6 +157,11 @@ def validate(cfg: DictConfig, world_size: int) -> Config:
         merged.algo = OmegaConf.merge(OmegaConf.structured(ALGO_OPTIONS[name]), cfg.get("algo") or {})
     except OmegaConfBaseException as e:
         raise FRError(converted(e.full_key, e.msg, algo, ALGO_OPTIONS[name], "algo.")) from None
+    missing = sorted(key for key in _missing_keys(merged))
+    if missing:  # a ??? the user must fill, e.g. model=custom without model._target_
+        raise FRError(f"{missing[0]} is not set: give it on the command line ({missing[0]}=VALUE)"
+                      + (", e.g. model._target_=pkg.fn returning the model's blocks" if missing[0] == "model._target_"
+                         else ""))
     c: Config = OmegaConf.to_object(merged)
     _check_run(c, world_size)
     _check_optim(c.optim)
@@ -264,6 +269,16 @@ def _algo_option(key: str, value, names: list[str], algo: str) -> str:
     owners = [a for a, schema in ALGO_OPTIONS.items() if key[len("algo."):] in (f.name for f in fields(schema))]
     return (f"bad configuration: {key} is not an option of algo={algo} (its options: {', '.join(own) or 'none'}): "
             f"remove {key}={show(value)}" + (f", or choose algo={owners[0]}, which has it" if owners else ""))
+
+
+def _missing_keys(node, prefix: str = ""):
+    """Dotted keys of the mandatory values (???) nobody set."""
+    for key in node:
+        full = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            yield full
+        elif OmegaConf.is_config(node[key]) and not OmegaConf.is_list(node[key]):
+            yield from _missing_keys(node[key], full + ".")
 
 
 def _plain(cfg: DictConfig) -> dict:

@@ -60,7 +60,7 @@ E = re.escape  # a message expected word for word
     (["model=resnet8", "+model.hidden=[3]"],
      E("model.hidden=[3] is not an option of model=resnet8 (its options: width)")),
     # Config groups set to null.
-    (["model=null"], E("model=null: model is a config group, not a value: choose one of mlp,")),
+    (["model=null"], E("model=null: model is a config group, not a value: choose one of custom, mlp,")),
     (["algo=null"], E("algo=null: algo is a config group, not a value")),
     (["data=null"], E("(e.g. data=synthetic)")),
     # Ranges of run keys.
