@@ -32,6 +32,7 @@ from fr_dist.runtime.failures import together
 from fr_dist.runtime.groups import Runtime
 from fr_dist.runtime.links import Link, negotiate_shapes
 from fr_dist.runtime.metrics import Reporter
+from fr_dist.runtime.resume import FORMAT
 from fr_dist.runtime.state import Plan, Stage
 
 
@@ -107,15 +108,19 @@ def profiled_cuts(rt: Runtime, blocks, in_shape, c: Config) -> list[int]:
 
 
 def make_links(rt: Runtime, in_spec, out_spec) -> dict[str, Link]:
-    """The stage's four links (fewer at the ends): activations in and out, error gradients in and out."""
+    """The stage's four links (fewer at the ends): activations in and out, error gradients in and out.
+
+    gloo with CUDA stages stages every payload through host memory (gloo moves CPU tensors only).
+    """
     k, K, device = rt.rank, rt.world, rt.device
+    staged = rt.backend == "gloo" and device.type == "cuda"
     links = {}
     if k > 0:
-        links["x_in"] = Link(f"x {k-1}->{k}", rt.groups[(k - 1, k)], k - 1, *in_spec, device)
-        links["g_out"] = Link(f"g {k}->{k-1}", rt.groups[(k, k - 1)], k - 1, *in_spec, device)
+        links["x_in"] = Link(f"x {k-1}->{k}", rt.groups[(k - 1, k)], k - 1, *in_spec, device, staged)
+        links["g_out"] = Link(f"g {k}->{k-1}", rt.groups[(k, k - 1)], k - 1, *in_spec, device, staged)
     if k < K - 1:
-        links["x_out"] = Link(f"x {k}->{k+1}", rt.groups[(k, k + 1)], k + 1, *out_spec, device)
-        links["g_in"] = Link(f"g {k+1}->{k}", rt.groups[(k + 1, k)], k + 1, *out_spec, device)
+        links["x_out"] = Link(f"x {k}->{k+1}", rt.groups[(k, k + 1)], k + 1, *out_spec, device, staged)
+        links["g_in"] = Link(f"g {k+1}->{k}", rt.groups[(k + 1, k)], k + 1, *out_spec, device, staged)
     return links
 
 
@@ -135,6 +140,8 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
            if k == 0 else None]
     torch.distributed.broadcast_object_list(box, src=0, group=rt.control)
     in_shape, classes, steps_per_epoch, test_batches, test_size = box[0]
+    if data is not None:
+        data.pin = device.type == "cuda"
 
     module, cuts = stage_blocks(rt, c, in_shape, classes)
     torch.manual_seed(stage_seed(c.seed, k))
@@ -161,7 +168,7 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
         reporter = together(rt, Reporter, path, c.wandb, dataclasses.asdict(c), run_name)
     else:
         together(rt, lambda: None)
-    meta = {"algo": name, "splits": K, "model": dict(c.model), "stage": k, "blocks": [cuts[k], cuts[k + 1]],
+    meta = {"format": FORMAT, "algo": name, "splits": K, "model": dict(c.model), "stage": k, "blocks": [cuts[k], cuts[k + 1]],
             "batch_size": c.batch_size, "steps": T, "in_shape": list(in_shape), "classes": classes}
     plan = Plan(algo, T, steps_per_epoch, test_batches, test_size, cuts, path, meta)
     return plan, Stage(rt, module, optimizer, engine, lr_of, pipeline), reporter

@@ -119,6 +119,9 @@ class Config:
     resume: Optional[str] = "auto"  # null (start fresh), auto (latest in the run directory) or a path
     fail_timeout_s: float = 60.0  # how long a rank waits for a dead peer
     progress: bool = True  # progress bar on the reporting rank
+    device: str = "auto"  # auto (CUDA when every local rank has its own GPU, else the CPU), cpu, cuda
+    transport: str = "auto"  # auto (nccl on CUDA, gloo on the CPU), nccl, gloo (CUDA stages: staged via host)
+    deterministic: bool = False  # deterministic kernels and no TF32: a GPU run repeats bit for bit
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
@@ -211,6 +214,11 @@ def _check_run(c: Config, world_size: int) -> None:
     if c.resume == "":
         refuse("resume", c.resume, "null, auto or a checkpoint path", "set resume=null to start fresh, or resume=auto")
     choice("wandb.mode", c.wandb.mode, ("online", "offline", "disabled"))
+    choice("device", c.device, ("auto", "cpu", "cuda"))
+    choice("transport", c.transport, ("auto", "nccl", "gloo"))
+    if c.device == "cpu" and c.transport == "nccl":  # the rest needs the node's GPUs: groups.choose_device
+        refuse("transport", c.transport, "gloo or auto with device=cpu (NCCL moves GPU tensors only)",
+               "set transport=gloo, or device=cuda")
     if not c.wandb.project:
         refuse("wandb.project", c.wandb.project, "a non-empty string", "set e.g. wandb.project=fr_dist")
     if c.wandb.group == "":

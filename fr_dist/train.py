@@ -9,6 +9,7 @@ docs/DESIGN.md describes the schedule, the processes and the contracts.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from fr_dist.runtime.failures import Preempted, Stop, report
 from fr_dist.runtime.metrics import stage_figures
 from fr_dist.runtime.resume import resume
 from fr_dist.runtime.state import Progress
+from fr_dist.runtime.watchdog import Watchdog
 
 
 def git_revision() -> str:
@@ -51,16 +53,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         raw = compose(overrides)
         c = validate(raw, groups.world_size())
-        groups.check_devices()
     except FRError as e:  # the same on every rank: rank 0 speaks for all
         if rank == 0:
             print(f"[stage 0] error: {e}", file=sys.stderr, flush=True)
         return 1
-    rt = groups.init(c.fail_timeout_s)
+    try:  # what this node has: one message per node
+        device, backend, warning = groups.choose_device(c.device, c.transport, groups.local_rank(),
+                                                        groups.local_world_size(), torch.cuda.device_count())
+    except FRError as e:
+        if groups.local_rank() == 0:
+            print(f"[stage {rank}] error: {e}", file=sys.stderr, flush=True)
+        return 1
+    if warning and groups.local_rank() == 0:
+        print(f"[stage {rank}] warning: {warning}", file=sys.stderr, flush=True)
+    if c.deterministic:
+        groups.make_deterministic()
+    rt = groups.init(c.fail_timeout_s, device, backend)
+    aborted = False
     try:
         train(c, raw, rt, run_dir, overrides)
         return 0
-    except Stop:
+    except Stop as e:
+        aborted = e.aborted
         return 1
     except Preempted as e:
         if rt.rank == 0:
@@ -68,13 +82,25 @@ def main(argv: list[str] | None = None) -> int:
                   f"the same command with resume=auto continues", file=sys.stderr, flush=True)
         return 143
     finally:
-        groups.shutdown()
+        groups.shutdown(abort=aborted)
+        if aborted:  # a peer is dead or frozen: leave now, nothing may wait for it
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
 
 
 def train(c: Config, raw, rt: groups.Runtime, run_dir: str | None, overrides: list[str]) -> None:
     started = time.perf_counter()
     plan, stage, reporter = build(c, raw, rt, run_dir, overrides)
     progress = Progress()
+
+    def hung(peer: int) -> None:  # NCCL: the watchdog found a transfer that never ends
+        report(rt, TimeoutError(f"Timed out: no answer within fail_timeout_s={c.fail_timeout_s}"), progress.t,
+               peer, stage.engine.history, plan.run_dir / "checkpoints")
+        groups.shutdown(abort=True)
+        os._exit(1)
+
+    watchdog = Watchdog(stage.engine.links.values(), c.fail_timeout_s, hung).start() if rt.backend == "nccl" else None
     summary = {"algo": c.algo.name, "splits": rt.world, "model": c.model.get("name", c.model.get("_target_")),
                "data": c.data.name, "seed": c.seed, "status": "running"}
     try:
@@ -88,8 +114,10 @@ def train(c: Config, raw, rt: groups.Runtime, run_dir: str | None, overrides: li
     except Exception as e:
         summary["status"] = f"error: {e}"
         report(rt, e, progress.t, stage.engine.waiting_on(), stage.engine.history, plan.run_dir / "checkpoints")
-        raise Stop from None
+        raise Stop(aborted=True) from None
     finally:
+        if watchdog:
+            watchdog.stop()
         if reporter and summary["status"] != "ok":  # on success the summary comes below
             if summary["status"] != "running":
                 reporter.summary(summary)

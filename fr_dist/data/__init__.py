@@ -67,6 +67,7 @@ class Batches:
         self.test_batches = -(-len(test_y) // batch_size)
         self._perms: dict[int, torch.Tensor] = {}  # epoch -> permutation (read by two threads)
         self._prefetch = None  # (batch, future) of the next training inputs
+        self.pin = False  # CUDA stages: prefetched inputs in pinned memory, so the copy to the GPU is asynchronous
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -109,7 +110,8 @@ class Batches:
         if self.augment:
             # Its own generator: the global RNG belongs to dropout and its replay.
             x = augment(x, torch.Generator().manual_seed(self.seed * 1_000_003 + batch))
-        return self._normalize(x)
+        x = self._normalize(x)
+        return x.pin_memory() if self.pin else x
 
     def labels(self, batch: int) -> torch.Tensor:
         return self.train_y[self.indices(batch)]

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 # input), labels (last stage's targets). Compute: forward, backward (consumes
 # the posted gradient), local_backward (a backward with a gradient the stage
 # makes itself, e.g. a synthetic one), loss (last stage: forward, loss, backward),
-# step, score (last stage, evaluation: count correct predictions).
-OPS = ("load", "labels", "recv_x", "send_x", "post_g", "send_g", "forward", "backward", "local_backward", "loss",
-       "step", "score")
-_CODE = {"load": "L", "labels": "Y", "recv_x": "Rx", "send_x": "Sx", "post_g": "Pg", "send_g": "Sg",
+# step, score (last stage, evaluation: count correct predictions). At an evaluation
+# or checkpoint cut: take_g (receive an error gradient now, ahead of its replay; its
+# later post_g receives nothing and its backward uses the held copy).
+OPS = ("load", "labels", "recv_x", "send_x", "post_g", "take_g", "send_g", "forward", "backward", "local_backward",
+       "loss", "step", "score")
+_CODE = {"load": "L", "labels": "Y", "recv_x": "Rx", "send_x": "Sx", "post_g": "Pg", "take_g": "Tg", "send_g": "Sg",
          "forward": "F", "backward": "B", "local_backward": "BL", "loss": "FB", "step": "U", "score": "S"}
 
 
@@ -70,6 +72,15 @@ def eval_schedule(stage: int, K: int, e: int) -> list[Action]:
     if stage < K - 1:
         return acts + [Action("forward", e, True), Action("send_x", e, True)]
     return acts + [Action("labels", e, True), Action("score", e, True)]
+
+
+def settle(algo, k: int, K: int, t: int, T: int) -> list[Action]:
+    """Stage k at a cut after iteration t: take the error gradients stage k+1 sent in t.
+
+    Evaluations and checkpoints then leave no transfer unmatched: nothing is in
+    flight while they run, however long they take.
+    """
+    return [Action("take_g", b) for b in in_flight(algo, k + 1, K, t, T)] if k < K - 1 else []
 
 
 def in_flight(algo, k: int, K: int, t: int, T: int) -> list[int]:

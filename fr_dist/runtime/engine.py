@@ -3,22 +3,21 @@
 The engine knows nothing of any algorithm: the schedule says what to do, the
 worker computes, the links move tensors. It keeps the few values that flow
 between actions of one iteration (the input, the output, the input gradient),
-the diagnostic passes' values apart from training's, and a reference to the
-last error gradient it sent: the one a checkpoint must keep while it is in
-flight (runtime/checkpoint.py).
+the diagnostic passes' values apart from training's, and the error gradients
+received ahead of their replay at an evaluation or checkpoint cut (`take_g`):
+a checkpoint saves those (runtime/resume.py).
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from fr_dist.runtime.actions import Action
-
-COMPUTE = ("forward", "backward", "local_backward", "loss", "step", "score")
+from fr_dist.runtime.timing import BusyTimer
 
 
 @dataclass
@@ -43,44 +42,51 @@ class Engine:
         self.autocast = autocast
         self.train, self.diag = Values(), Values()
         self.losses: list[torch.Tensor] = []  # of the last stage, one per batch, until taken
-        self.correct = 0  # evaluation: correct predictions since the last take_correct
-        self.busy_s = 0.0  # seconds in compute actions, waits for an error gradient left out
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)  # evaluation: summed on the device
+        self.timer = BusyTimer(device)  # compute of training actions: busy_frac
         self.timed = True  # evaluation does not count: busy_frac is about training
         self.diag_s = 0.0  # wall seconds of the diagnostic's passes: not training time either
-        self.sent_g: tuple[int, torch.Tensor] | None = None  # the last error gradient sent down
+        self.held: dict[int, torch.Tensor] = {}  # error gradients taken at a cut, by batch, until their replay
         self.history: list[Action] = []  # recent actions, printed when a rank fails
 
     def run(self, actions: list[Action]) -> None:
         for action in actions:
             self.history = self.history[-31:] + [action]
             start = time.perf_counter()
-            if action.op in COMPUTE and action.op != "step":
-                with self.autocast():
-                    getattr(self, "_" + action.op)(action)
-            else:
-                getattr(self, "_" + action.op)(action)
+            getattr(self, "_" + action.op)(action)
             if action.diag is not None:
                 self.diag_s += time.perf_counter() - start
-            elif action.op in COMPUTE and self.timed:
-                self.busy_s += time.perf_counter() - start
+
+    @property
+    def busy_s(self) -> float:
+        return self.timer.seconds
+
+    @contextmanager
+    def _compute(self, a: Action, autocast: bool = True):
+        """A compute action: under autocast, timed if it is training's."""
+        timer = self.timer() if self.timed and a.diag is None and not a.eval else nullcontext()
+        with timer, self.autocast() if autocast else nullcontext():
+            yield
 
     def take_losses(self) -> list[torch.Tensor]:
         losses, self.losses = self.losses, []
         return losses
 
     def take_correct(self) -> int:
-        correct, self.correct = self.correct, 0
+        """Correct predictions since the last call (one device sync for a whole evaluation)."""
+        correct = int(self.correct)
+        self.correct.zero_()
         return correct
-
-    def resend(self, batch: int, grad: torch.Tensor) -> None:
-        """Send again the error gradient a checkpoint kept in flight (resume)."""
-        self.train.grad_x = grad.to(self.device)
-        self._send_g(Action("send_g", batch))
 
     def waiting_on(self) -> int | None:
         """The peer stage of a transfer this rank has started and not finished, if any."""
         link = next((l for l in self.links.values() if l.busy), None)
         return link.peer if link else None
+
+    def check_links(self) -> None:
+        """Every received header verified (GPU links check them one transfer late)."""
+        for link in self.links.values():
+            link.check()
 
     def close(self) -> None:
         for link in self.links.values():
@@ -109,48 +115,56 @@ class Engine:
         self.links["x_out"].send(self._values(a).h, a.link_id)
 
     def _post_g(self, a: Action) -> None:
+        if a.diag is None and a.batch in self.held:
+            return  # taken at the last cut: nothing to receive
         self.links["g_in"].post(a.link_id)
 
+    def _take_g(self, a: Action) -> None:
+        """Receive the error gradient of `a.batch` now, ahead of its replay: no transfer crosses the cut."""
+        self.held[a.batch] = self.links["g_in"].recv(a.link_id).clone()
+
     def _send_g(self, a: Action) -> None:
-        grad = self._values(a).grad_x
-        self.links["g_out"].send(grad, a.link_id)
-        if a.diag is None and not a.eval:
-            self.sent_g = (a.batch, grad)
+        self.links["g_out"].send(self._values(a).grad_x, a.link_id)
 
     # compute
     def _forward(self, a: Action) -> None:
         v = self._values(a)
-        if a.diag is not None:
-            v.h = self.probe.forward(a.diag, v.x)
-        elif a.eval:
-            v.h = self.worker.evaluate(v.x)
-        else:
-            v.h = self.worker.forward(a.batch, v.x)
+        with self._compute(a):
+            if a.diag is not None:
+                v.h = self.probe.forward(a.diag, v.x)
+            elif a.eval:
+                v.h = self.worker.evaluate(v.x)
+            else:
+                v.h = self.worker.forward(a.batch, v.x)
 
     def _backward(self, a: Action) -> None:
-        start = time.perf_counter()
-        grad = self.links["g_in"].wait(a.link_id)
-        self.busy_s -= time.perf_counter() - start  # run() times the whole action; waiting is not compute
-        if a.diag is not None:
-            self.diag.grad_x = self.probe.backward(a.diag, grad)
-        else:
-            self.train.grad_x = self.worker.backward(a.batch, grad)
+        held = self.held.pop(a.batch) if a.diag is None and a.batch in self.held else None
+        grad = held if held is not None else self.links["g_in"].wait(a.link_id)  # the wait is not compute
+        with self._compute(a):
+            if a.diag is not None:
+                self.diag.grad_x = self.probe.backward(a.diag, grad)
+            else:
+                self.train.grad_x = self.worker.backward(a.batch, grad)
 
     def _local_backward(self, a: Action) -> None:
-        self.train.grad_x = self.worker.local_backward(a.batch)
+        with self._compute(a):
+            self.train.grad_x = self.worker.local_backward(a.batch)
 
     def _loss(self, a: Action) -> None:
         v = self._values(a)
-        if a.diag is not None:
-            v.grad_x = self.probe.loss(a.diag, v.x, v.y)
-            return
-        loss, v.grad_x = self.worker.loss(a.batch, v.x, v.y)
+        with self._compute(a):
+            if a.diag is not None:
+                v.grad_x = self.probe.loss(a.diag, v.x, v.y)
+                return
+            loss, v.grad_x = self.worker.loss(a.batch, v.x, v.y)
         self.losses.append(loss)
 
     def _step(self, a: Action) -> None:
-        self.worker.step(a.batch)
+        with self._compute(a, autocast=False):  # weights and optimizer state stay in fp32
+            self.worker.step(a.batch)
 
     def _score(self, a: Action) -> None:
         v = self.train
-        logits = self.worker.evaluate(v.x)[: len(v.y)]  # padding rows are not samples
-        self.correct += int((logits.argmax(1) == v.y).sum())
+        with self._compute(a):
+            logits = self.worker.evaluate(v.x)[: len(v.y)]  # padding rows are not samples
+        self.correct += (logits.argmax(1) == v.y).sum()

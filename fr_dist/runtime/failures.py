@@ -13,11 +13,19 @@ import traceback
 import torch.distributed
 
 from fr_dist.errors import FRError
-from fr_dist.runtime.groups import Runtime, agree
+from fr_dist.runtime.groups import RECORD_TIMEOUT_S, Runtime, agree
 
 
 class Stop(Exception):
-    """The run stops; the rank that knows why already printed it."""
+    """The run stops; the rank that knows why already printed it.
+
+    `aborted`: it stopped during training, where a peer may be dead or frozen:
+    the process groups are aborted, not destroyed (runtime/groups.py shutdown).
+    """
+
+    def __init__(self, aborted: bool = False):
+        super().__init__()
+        self.aborted = aborted
 
 
 class Preempted(Exception):
@@ -61,11 +69,15 @@ def report(rt: Runtime, e: Exception, step: int, waiting_on: int | None, history
     if lost:
         who = f"stage {waiting_on}" if waiting_on is not None else "a peer"
         mine = f"stage {k}: lost {who} {where}"
-        if rt.record("failure", mine) in (None, mine):
+        held = rt.record("failure", mine, timeout_s=RECORD_TIMEOUT_S)
+        # An unreachable store means its host is the rank that died or froze (a plain
+        # launch: rank 0 serves it): then its lowest neighbour speaks for everyone.
+        speak = held == mine or (held is None and k == (1 if rt.store_host == 0 else 0))
+        if speak:
             print(f"[stage {k}] error: {who} failed or stopped responding {where} "
                   f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); stopping", file=sys.stderr, flush=True)
         return
-    rt.record("failure", f"stage {k}: {e}")
+    rt.record("failure", f"stage {k}: {e}", timeout_s=RECORD_TIMEOUT_S)
     if isinstance(e, (FRError, NonFinite)):
         print(f"[stage {k}] error: {e}; the last complete checkpoint is kept in {checkpoints}",
               file=sys.stderr, flush=True)

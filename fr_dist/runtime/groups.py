@@ -10,6 +10,7 @@ gradient receive can never block an activation send queued behind it.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -17,6 +18,11 @@ import torch
 import torch.distributed as dist
 
 from fr_dist.errors import FRError
+
+
+# How long a failing rank waits for the job's store before it gives up on recording the
+# failure: the store's host may be the frozen or dead rank itself.
+RECORD_TIMEOUT_S = 1.0
 
 
 @dataclass
@@ -29,20 +35,32 @@ class Runtime:
     groups: dict  # (src, dst) -> process group for tensors sent from src to dst
     store: "dist.Store | None" = None  # the job's key-value store: failure records, the run directory
     attempt: str = "attempt_0"  # torchrun restart round
+    store_host: int | None = None  # the rank whose process serves the store (None: torchrun's agent)
 
-    def record(self, key: str, value: str, per_attempt: bool = True) -> str | None:
+    def record(self, key: str, value: str, per_attempt: bool = True, timeout_s: float | None = None) -> str | None:
         """Set `key` unless set already; the value that holds (None: store unreachable).
 
         Keys are per restart attempt unless `per_attempt` is false: those
-        outlive a torchrun restart (the agent's store does).
+        outlive a torchrun restart (the agent's store does). With `timeout_s`
+        the call gives up after that long (the store's host may be frozen).
         """
         if self.store is None:
             return None
         key = f"fr_dist/{self.attempt}/{key}" if per_attempt else f"fr_dist/{key}"
-        try:
+
+        def ask():
             return self.store.compare_set(key, "", value).decode()
-        except Exception:  # its host is gone (plain launch: rank 0 hosts it)
-            return None
+
+        if timeout_s is None:
+            try:
+                return ask()
+            except Exception:  # its host is gone (plain launch: rank 0 hosts it)
+                return None
+        box: list = []
+        thread = threading.Thread(target=lambda: box.append(ask()), daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+        return box[0] if box else None
 
 
 def world_size() -> int:
@@ -53,23 +71,61 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def check_devices() -> None:
-    """Under NCCL every stage needs its own GPU: refuse more local ranks than GPUs."""
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if torch.cuda.is_available() and local > torch.cuda.device_count():
-        raise FRError(
-            f"{local} stages on this node but {torch.cuda.device_count()} visible GPUs: NCCL needs one GPU per "
-            f"stage; lower --nproc_per_node (and splits) or spread the stages over more nodes"
-        )
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def init(timeout_s: float) -> Runtime:
-    """Join the job started by torchrun (or a single process without it)."""
+def local_world_size() -> int:
+    """Ranks on this node: torchrun's LOCAL_WORLD_SIZE, else every rank is local (a plain launch)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+
+
+def choose_device(device: str, transport: str, local_rank: int, local_ranks: int, gpus: int):
+    """(device, backend, warning or None) for `device` (auto, cpu, cuda) and `transport` (auto, nccl, gloo).
+
+    The GPU is the local rank's (never the stage's: with replicas they differ).
+    NCCL needs a GPU per local rank; gloo with CUDA stages stages payloads through
+    host memory, so several local ranks may share one GPU. Raises FRError for a
+    combination this node cannot run.
+    """
+    warning = None
+    if device == "auto":
+        if gpus and local_ranks <= gpus:
+            device = "cuda"
+        else:
+            if gpus:
+                warning = (f"{local_ranks} ranks on this node but {gpus} GPUs: training on the CPU "
+                           f"(device=cuda transport=gloo lets ranks share GPUs)")
+            device = "cpu"
+    if device == "cpu":
+        if transport == "nccl":
+            raise FRError("transport=nccl needs device=cuda (NCCL moves GPU tensors only): use transport=gloo")
+        return torch.device("cpu"), "gloo", warning
+    if gpus == 0:
+        raise FRError("device=cuda but no GPU is visible: use device=cpu (or auto), or check CUDA_VISIBLE_DEVICES")
+    backend = "nccl" if transport == "auto" else transport
+    if backend == "nccl" and local_ranks > gpus:
+        raise FRError(f"{local_ranks} ranks on this node but {gpus} GPUs: NCCL needs one GPU per rank; lower "
+                      f"--nproc_per_node, spread the ranks over more nodes, or use transport=gloo to share GPUs")
+    return torch.device("cuda", local_rank % gpus), backend, warning
+
+
+def make_deterministic() -> None:
+    """Runs that repeat bit for bit on a GPU: deterministic kernels, no TF32, no autotuning."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def init(timeout_s: float, device: torch.device, backend: str) -> Runtime:
+    """Join the job started by torchrun (or a single process without it) on `device` with `backend`."""
     single = "WORLD_SIZE" not in os.environ
     for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
                          ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "0" if single else "29500")):
         os.environ.setdefault(key, default)
-    r, world, local = rank(), world_size(), int(os.environ["LOCAL_RANK"])
+    r, world = rank(), world_size()
     timeout = timedelta(seconds=timeout_s)
     # Under torchrun the agent hosts the store and keeps it across restarts, so
     # the keys of one attempt would be read by the next: every attempt gets its
@@ -79,26 +135,43 @@ def init(timeout_s: float) -> Runtime:
                           is_master=not agent and r == 0, timeout=timeout, wait_for_workers=False)
     attempt = f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     pg_store = dist.PrefixStore(f"fr_dist/{attempt}", store)
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local)
+    if backend == "nccl":
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", store=pg_store, rank=r, world_size=world, timeout=timeout, device_id=device)
-        backend = "nccl"
+        # NCCL's own watchdog ends a rank by SIGABRT, without our one message: it
+        # must never be first, so its timeout is well above ours (runtime/watchdog.py).
+        nccl_timeout = timedelta(seconds=timeout_s + max(600.0, 4 * timeout_s))
+        dist.init_process_group("nccl", store=pg_store, rank=r, world_size=world, timeout=nccl_timeout,
+                                device_id=device)
+        tensor_timeout = nccl_timeout
     else:
-        device = torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         dist.init_process_group("gloo", store=pg_store, rank=r, world_size=world, timeout=timeout)
-        backend = "gloo"
+        tensor_timeout = timeout
     control = dist.new_group(backend="gloo", timeout=timeout)
     groups = {}
     for k in range(world - 1):  # every rank creates every group, in the same order
-        groups[(k, k + 1)] = dist.new_group([k, k + 1], timeout=timeout)
-        groups[(k + 1, k)] = dist.new_group([k, k + 1], timeout=timeout)
-    return Runtime(r, world, device, backend, control, groups, store, attempt)
+        groups[(k, k + 1)] = dist.new_group([k, k + 1], timeout=tensor_timeout)
+        groups[(k + 1, k)] = dist.new_group([k, k + 1], timeout=tensor_timeout)
+    return Runtime(r, world, device, backend, control, groups, store, attempt, None if agent else 0)
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
+def shutdown(abort: bool = False) -> None:
+    """Leave the process groups: destroy them after a clean run, abort them after a failure.
+
+    With a dead or frozen peer, destroying can block on pending point-to-point
+    work; aborting does not wait for it, and the process exits right after.
+    """
+    if not dist.is_initialized():
+        return
+    if not abort:
         dist.destroy_process_group()
+        return
+    from torch.distributed.distributed_c10d import _abort_process_group
+
+    thread = threading.Thread(target=_abort_process_group, daemon=True)
+    thread.start()
+    thread.join(RECORD_TIMEOUT_S)
 
 
 def agree(rt: Runtime, error: str | None) -> list:

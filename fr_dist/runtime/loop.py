@@ -16,7 +16,7 @@ import torch
 import torch.distributed as tdist
 
 from fr_dist.runtime import diagnostic
-from fr_dist.runtime.actions import eval_schedule
+from fr_dist.runtime.actions import eval_schedule, settle
 from fr_dist.runtime.failures import NonFinite, Preempted
 from fr_dist.runtime.resume import save
 from fr_dist.runtime.state import Plan, Progress, Stage
@@ -85,8 +85,7 @@ def run(c, plan: Plan, stage: Stage, progress: Progress, reporter, start: int) -
                     window = log(c, plan, stage, progress, reporter, step, bar, window)
             if t >= T - 1:
                 continue  # drain: no evaluation, checkpoint or preemption until the end
-            if step % plan.steps_per_epoch == 0 and (step // plan.steps_per_epoch) % c.eval_every == 0:
-                evaluate(plan, stage, progress, reporter, step)
+            evaluating = step % plan.steps_per_epoch == 0 and (step // plan.steps_per_epoch) % c.eval_every == 0
             stop = False
             if vote is not None and vote[0] == t:
                 vote[1].wait()
@@ -96,7 +95,13 @@ def run(c, plan: Plan, stage: Stage, progress: Progress, reporter, start: int) -
                 flag = torch.tensor([int(term["flag"])])
                 vote = (t + PREEMPT_CHECK_EVERY, tdist.all_reduce(flag, op=tdist.ReduceOp.MAX, group=rt.control,
                                                                   async_op=True), flag)
-            if stop or (c.ckpt_every and step % c.ckpt_every == 0):
+            saving = stop or (c.ckpt_every and step % c.ckpt_every == 0)
+            if evaluating or saving:  # a cut: no transfer may stay unmatched while it lasts
+                stage.engine.run(settle(algo, k, K, t, T))
+                stage.engine.check_links()
+            if evaluating:
+                evaluate(plan, stage, progress, reporter, step)
+            if saving:
                 check_finite(stage, step)
                 save(plan, stage, progress, c.ckpt_keep, step)
             if stop:
@@ -130,10 +135,13 @@ def log(c, plan: Plan, stage: Stage, progress: Progress, reporter, step: int, ba
 
 
 def check_finite(stage: Stage, step: int) -> None:
-    """Before a checkpoint: never save non-finite weights over a good checkpoint."""
+    """Before a checkpoint: never save non-finite weights over a good checkpoint (one device sync)."""
     losses = stage.engine.losses + (stage.pipeline.losses if stage.pipeline else [])
-    if losses and not torch.isfinite(torch.stack(losses)).all():
+    params = list(stage.module.parameters())
+    finite = torch.stack([torch.isfinite(x).all() for x in losses + params]) if losses or params else None
+    if finite is None or bool(finite.all()):
+        return
+    if not bool(finite[:len(losses)].all()):
         raise NonFinite(f"non-finite training loss before step {step}")
-    for name, p in stage.module.named_parameters():
-        if not torch.isfinite(p).all():
-            raise NonFinite(f"parameter {name} is not finite at step {step}")
+    name = next(n for (n, _), ok in zip(stage.module.named_parameters(), finite[len(losses):].tolist()) if not ok)
+    raise NonFinite(f"parameter {name} is not finite at step {step}")

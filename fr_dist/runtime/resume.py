@@ -19,26 +19,26 @@ from fr_dist.runtime.groups import agree
 from fr_dist.runtime.state import Plan, Progress, Stage
 
 # What a checkpoint must share with the run that resumes it.
-IDENTITY = ("algo", "splits", "model", "stage", "blocks", "batch_size", "steps")
+IDENTITY = ("format", "algo", "splits", "model", "stage", "blocks", "batch_size", "steps")
+FORMAT = 2  # 2: the receiver holds the error gradient that crosses the cut (1: its sender did)
 
 def save(plan: Plan, stage: Stage, progress: Progress, keep: int, t: int, finished: bool = False) -> None:
-    """Checkpoint after iteration t-1 (t batches trained), all ranks in lockstep."""
+    """Checkpoint after iteration t-1 (t batches trained), all ranks in lockstep, after the cut's take_g."""
     rt, engine = stage.rt, stage.engine
     directory = checkpoint.step_dir(plan.run_dir, t)
     if rt.rank == 0:
         directory.mkdir(parents=True, exist_ok=True)
     tdist.barrier(group=rt.control)
-    pending = [] if finished else in_flight(plan.algo, rt.rank, rt.world, t - 1, plan.T)
-    if len(pending) > 1:
-        raise RuntimeError(f"{len(pending)} gradients in flight on one link: the checkpoint cut is not supported")
-    if pending and (engine.sent_g is None or engine.sent_g[0] != pending[0]):
-        raise RuntimeError(f"the gradient of batch {pending[0]} is in flight but the engine sent {engine.sent_g}")
+    crossing = [] if finished or rt.rank == rt.world - 1 else in_flight(plan.algo, rt.rank + 1, rt.world, t - 1, plan.T)
+    if sorted(engine.held) != sorted(crossing):
+        raise RuntimeError(f"checkpoint of step {t}: holding the gradients of {sorted(engine.held)}, "
+                           f"but {crossing} cross the cut")
     state = {
         "meta": dict(plan.meta, step=t, finished=finished),
         "model": stage.module.state_dict(),
         "optimizer": stage.optimizer.state_dict() if stage.optimizer else None,
         "worker": engine.worker.state_dict(),
-        "in_flight": (pending[0], engine.sent_g[1].detach().clone()) if pending else None,
+        "held": {b: g.cpu() for b, g in engine.held.items()},
         "rng": {"cpu": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None},
         "report": progress.state_dict(),
@@ -60,8 +60,8 @@ def restore(plan: Plan, stage: Stage, progress: Progress, state: dict) -> int:
     if state["rng"]["cuda"] is not None:
         torch.cuda.set_rng_state(state["rng"]["cuda"], rt.device)
     progress.load_state_dict(state["report"])
-    if state["in_flight"] is not None:  # the receiver posts for it in the next iteration
-        stage.engine.resend(*state["in_flight"])
+    # The error gradients this stage took at the cut: its next iteration replays them.
+    stage.engine.held = {b: g.to(rt.device) for b, g in state["held"].items()}
     if state["meta"]["finished"]:
         return plan.algo.iterations(rt.rank, rt.world, plan.T)
     return state["meta"]["step"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fr_dist.algos import ALGOS, PIPELINES, fr
-from fr_dist.runtime.actions import eval_schedule
+from fr_dist.runtime.actions import eval_schedule, settle
 from fr_dist.runtime.diagnostic import stepped_batches, with_passes
 from tests.support import program
 
@@ -76,57 +76,105 @@ def test_pipelines_have_no_engine_schedule():
 
 
 def flat_program(algo, stage, K, T, steps_per_epoch, diag_every=0):
-    """Every action of `stage` in order, with evaluations at epoch ends and after the drain,
-    and the diagnostic's passes every `diag_every` iterations."""
+    """Every action of `stage` in order, as the loop runs them: the diagnostic's passes every
+    `diag_every` iterations, at epoch ends a cut (settle) and an evaluation, one after the drain."""
     acts = []
     for t in range(algo.iterations(stage, K, T)):
         due = diag_every and (t + 1) % diag_every == 0 and t < T
         acts += with_passes(algo, stage, K, t, T) if due else algo.schedule(stage, K, t, T)
         if t < T - 1 and (t + 1) % steps_per_epoch == 0:
+            acts += settle(algo, stage, K, t, T)
             acts += [a for e in range(2) for a in eval_schedule(stage, K, e)]
     return acts + [a for e in range(2) for a in eval_schedule(stage, K, e)]
+
+
+def key(a):
+    return a.batch, a.eval, a.diag
+
+
+def gradient_receives(program) -> list:
+    """The receives a stage's program issues on its error-gradient link, in order: a take_g receives
+    at once; a post_g receives unless its gradient was taken at a cut (then its backward uses that)."""
+    held, out = set(), []
+    for a in program:
+        if a.op == "take_g":
+            held.add(key(a))
+            out.append(key(a))
+        elif a.op == "post_g" and key(a) not in held:
+            out.append(key(a))
+    return out
 
 
 def simulate(programs):
     """Run per-rank programs with blocking receives and buffered sends.
 
-    recv_x blocks until the matching send_x happened; backward blocks until the
-    posted gradient was sent. Returns the per-link message sequences; fails on
-    a deadlock or on a receive that gets another batch than it expects.
+    recv_x and take_g block until the matching send happened; backward blocks
+    until the posted gradient was sent (or uses the one taken at a cut).
+    Returns the per-link message sequences; fails on a deadlock or on a receive
+    that gets another batch than it expects.
     """
     K = len(programs)
     pc = [0] * K
-    sent = {}  # (src, dst) -> [(batch, eval)] in send order
+    sent = {}  # (src, dst) -> [(batch, eval, diag)] in send order
     taken = {}  # (src, dst) -> how many were received
     posted = [[] for _ in range(K)]
+    held = [set() for _ in range(K)]
     while any(pc[k] < len(programs[k]) for k in range(K)):
         progress = False
         for k in range(K):
             while pc[k] < len(programs[k]):
                 a = programs[k][pc[k]]
-                key = (a.batch, a.eval, a.diag)
                 if a.op in ("send_x", "send_g"):
                     dst = k + 1 if a.op == "send_x" else k - 1
-                    sent.setdefault((k, dst), []).append(key)
-                elif a.op in ("recv_x", "backward"):
+                    sent.setdefault((k, dst), []).append(key(a))
+                elif a.op == "backward" and key(a) in held[k]:
+                    assert posted[k] and posted[k][0] == key(a), f"stage {k}: backward {a} without its post"
+                    held[k].remove(key(a))
+                    posted[k].pop(0)
+                elif a.op in ("recv_x", "backward", "take_g"):
                     src = k - 1 if a.op == "recv_x" else k + 1
                     if a.op == "backward":
-                        assert posted[k] and posted[k][0] == key, f"stage {k}: backward {a} without its posted receive"
+                        assert posted[k] and posted[k][0] == key(a), f"stage {k}: backward {a} without its post"
                     n = taken.get((src, k), 0)
                     if n >= len(sent.get((src, k), [])):
                         break  # blocked: the message is not there yet
-                    assert sent[(src, k)][n] == key, f"stage {k}: {a} got {sent[(src, k)][n]}"
+                    assert sent[(src, k)][n] == key(a), f"stage {k}: {a} got {sent[(src, k)][n]}"
                     taken[(src, k)] = n + 1
                     if a.op == "backward":
                         posted[k].pop(0)
+                    if a.op == "take_g":
+                        held[k].add(key(a))
                 elif a.op == "post_g":
-                    posted[k].append(key)
+                    posted[k].append(key(a))
                 pc[k] += 1
                 progress = True
         assert progress, "deadlock at " + ", ".join(
             f"stage {k}: {programs[k][pc[k]]}" for k in range(K) if pc[k] < len(programs[k]))
     assert all(taken.get(link, 0) == len(msgs) for link, msgs in sent.items()), "a message was never received"
+    assert not any(held), "a gradient taken at a cut was never replayed"
     return sent
+
+
+def test_a_cut_takes_what_crosses_it():
+    """FR K = 3 after iteration 4: stage k takes the gradient stage k+1 sent in iteration 4, the one
+    it replays in iteration 5; the last stage takes nothing."""
+    assert [" ".join(map(str, settle(fr, k, 3, 4, 10))) for k in range(3)] == ["Tg3", "Tg4", ""]
+    assert [" ".join(map(str, settle(fr, k, 2, 10, 10))) for k in range(2)] == ["", ""]  # the drain
+
+
+def sends_cross_a_cut(programs, K) -> bool:
+    """Some transfer is started before an evaluation and received after it."""
+    for k in range(K - 1):
+        program = programs[k]
+        first_eval = next((i for i, a in enumerate(program) if a.eval), None)
+        if first_eval is None:
+            continue
+        before = [key(a) for a in programs[k + 1][:next(i for i, a in enumerate(programs[k + 1]) if a.eval)]
+                  if a.op == "send_g"]
+        received = [key(a) for a in program[:first_eval] if a.op in ("take_g", "backward")]
+        if set(before) - set(received):
+            return True
+    return False
 
 
 @pytest.mark.parametrize("name", P2P_ALGOS)
@@ -141,15 +189,15 @@ def test_sends_match_receives_in_order(name, K, T, diag_every):
     sent = simulate(programs)
     for k in range(K - 1):
         recv_x = [(a.batch, a.eval, a.diag) for a in programs[k + 1] if a.op == "recv_x"]
-        posted = [(a.batch, a.eval, a.diag) for a in programs[k] if a.op == "post_g"]
         assert sent[(k, k + 1)] == recv_x
-        assert sent[(k + 1, k)] == posted
+        assert sent[(k + 1, k)] == gradient_receives(programs[k])
         training = [b for b, e, d in sent[(k, k + 1)] if not e and d is None]
         assert training == list(range(T))  # every batch once, in order
     # The last stage's labels are those of the batches stage 0 loaded, in order.
     loads = [(a.batch, a.eval, a.diag) for a in programs[0] if a.op == "load"]
     labels = [(a.batch, a.eval, a.diag) for a in programs[-1] if a.op == "labels"]
     assert loads == labels
+    assert not sends_cross_a_cut(programs, K)  # evaluations run with nothing in flight
     if diag_every:  # a pass per stage that steps, in every due iteration
         passes = {(a.diag, a.batch) for a in programs[-1] if a.diag is not None}
         want = {(j, b) for t in range(T) if (t + 1) % diag_every == 0

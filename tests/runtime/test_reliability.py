@@ -72,6 +72,38 @@ def test_killed_rank_ends_every_rank_with_one_message(tmp_path):
     assert "stage 1 failed or stopped responding" in messages[0] and "step" in messages[0]
 
 
+FREEZE_TIMEOUT_S = 20
+
+
+@pytest.mark.parametrize("victim", [0, 1], ids=["store-host", "middle"])
+def test_frozen_rank_ends_every_other_rank_within_the_bound(victim, tmp_path):
+    """SIGSTOP of one rank of 3: every other rank exits non-zero within 1.2 x fail_timeout_s of the
+    freeze, with one message naming the frozen stage. Rank 0 serves the job's store in a plain launch,
+    so freezing it also freezes the store."""
+    procs = start_ranks(3, [*LONG[:-1], f"fail_timeout_s={FREEZE_TIMEOUT_S}", f"hydra.run.dir={tmp_path}"])
+    ended = {}
+    try:
+        wait_for(lambda: rows(tmp_path) >= 5, 120, "training to start")
+        procs[victim].send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        while len(ended) < 2 and time.monotonic() - started < 3 * FREEZE_TIMEOUT_S:
+            for r, p in enumerate(procs):
+                if r != victim and r not in ended and p.poll() is not None:
+                    ended[r] = time.monotonic() - started
+            time.sleep(0.05)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    results = [p.communicate(timeout=30) for p in procs]
+    assert sorted(ended) == [r for r in range(3) if r != victim], f"still running: {ended}"
+    assert max(ended.values()) <= 1.2 * FREEZE_TIMEOUT_S, ended
+    assert all(procs[r].returncode != 0 for r in ended)
+    messages = [line for r in ended for line in results[r][1].splitlines() if "error:" in line]
+    assert len(messages) == 1, messages
+    assert f"stage {victim} failed or stopped responding" in messages[0], messages[0]
+
+
 def test_sigterm_checkpoints_and_resume_finishes(tmp_path):
     overrides = [*LONG, "epochs=2", "data.train_size=1024", "ckpt_every=1000", f"hydra.run.dir={tmp_path}"]
     procs = start_ranks(2, overrides)
