@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from fr_dist.models import build_blocks
 from fr_dist.models.probes import output_spec
 from fr_dist.optim import make_lr, make_optimizer
 from fr_dist.partition import stage_cuts
+from fr_dist.runtime.compiled import compile_module, compile_seconds, replayed_dropout, warm_up
 from fr_dist.runtime.diagnostic import TrueGradient
 from fr_dist.runtime.engine import Engine
 from fr_dist.runtime.failures import together
@@ -74,7 +76,16 @@ def stage_blocks(rt: Runtime, c: Config, in_shape, classes: int) -> tuple[nn.Mod
         torch.manual_seed(c.seed)
         blocks = build_blocks(c.model, in_shape, classes)
         # partition=profiled: the same checks (K <= blocks) on every rank; rank 0 measures the cuts below
-        return blocks, stage_cuts(len(blocks), c.splits, "uniform" if c.partition == "profiled" else c.partition)
+        cuts = stage_cuts(len(blocks), c.splits, "uniform" if c.partition == "profiled" else c.partition)
+        if c.compile and c.algo.name == "fr" and c.splits > 1:
+            # the blocks of stages 0..K-2, which replay (profiled cuts are not known yet: all but the last block)
+            found = replayed_dropout(blocks, len(blocks) - 1 if c.partition == "profiled" else cuts[-2])
+            if found:
+                raise FRError(f"compile=true with algo=fr and dropout in a replayed stage ({found}): the replay must "
+                              f"draw the forward's dropout masks again, and a compiled module draws them in two "
+                              f"different graphs (the no-grad forward, the replay) whose masks torch does not promise "
+                              f"to repeat; set model.dropout=0 (or remove the dropout) or compile=false")
+        return blocks, cuts
 
     blocks, cuts = together(rt, build)
     if c.partition == "profiled":
@@ -105,6 +116,28 @@ def profiled_cuts(rt: Runtime, blocks, in_shape, c: Config) -> list[int]:
         box[0] = cuts
     torch.distributed.broadcast_object_list(box, src=0, group=rt.control)
     return box[0]
+
+
+def make_autocast(precision: str, device: torch.device):
+    """The context every compute action but the optimizer step runs in (engine.py): bf16 autocast or nothing."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
+def link_spec(spec, precision: str):
+    """The (shape, dtype) a stage boundary carries, from the probed output spec: floating features become
+    bfloat16 in bf16 runs; integer tensors (token ids) and fp32 runs keep the probed dtype."""
+    shape, dtype = spec
+    if precision == "bf16" and dtype.is_floating_point:
+        return shape, torch.bfloat16
+    return shape, dtype
+
+
+def check_precision_device(precision: str, device: torch.device) -> None:
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise FRError(f"precision=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16 support: "
+                      f"use precision=fp32")
 
 
 def make_links(rt: Runtime, in_spec, out_spec) -> dict[str, Link]:
@@ -143,10 +176,21 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
     if data is not None:
         data.pin = device.type == "cuda"
 
+    together(rt, check_precision_device, c.precision, device)
+    autocast = make_autocast(c.precision, device)
     module, cuts = stage_blocks(rt, c, in_shape, classes)
     torch.manual_seed(stage_seed(c.seed, k))
-    in_spec, out_spec = negotiate_shapes(rt, ((c.batch_size, *in_shape), torch.float32),
-                                         lambda spec: output_spec(module, spec, device))
+
+    def spec_of(spec):
+        """This stage's output spec, probed under the run's autocast; a boundary's dtype is the link's (bf16 runs)."""
+        with autocast():
+            out = output_spec(module, spec, device)
+        return link_spec(out, c.precision) if k < K - 1 else out
+
+    # Stage 0's input is the data as loaded (fp32; its ring slots too): autocast casts it where an op wants bf16.
+    in_spec, out_spec = negotiate_shapes(rt, ((c.batch_size, *in_shape), torch.float32), spec_of)
+    if c.compile:  # after the probe, which runs rank after rank: the warm-up below compiles on all ranks at once
+        compile_module(module)
 
     T = c.epochs * steps_per_epoch if c.max_steps is None else min(c.max_steps, c.epochs * steps_per_epoch)
     lr_of = make_lr(c.optim, steps_per_epoch, T)
@@ -157,18 +201,22 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
     algo = algos.PIPELINES.get(name) or algos.ALGOS[name]
     worker = algo.Worker(module, k, K, device, optimizer, lr_of, in_spec, c.algo)
     probe = TrueGradient(module, k, device) if c.diag_every else None
-    engine = Engine(worker, data, make_links(rt, in_spec, out_spec), device, probe)
+    engine = Engine(worker, data, make_links(rt, in_spec, out_spec), device, probe, autocast)
     pipeline = None
     if name in algos.PIPELINES:
         pipeline = algo.pipeline(module, k, K, device, optimizer, lr_of, in_spec, out_spec, c.algo,
-                                 c.microbatches, data)
+                                 c.microbatches, data, autocast)
+    meta = {"format": FORMAT, "algo": name, "splits": K, "model": dict(c.model), "stage": k, "blocks": [cuts[k], cuts[k + 1]],
+            "batch_size": c.batch_size, "steps": T, "in_shape": list(in_shape), "classes": classes}
+    plan = Plan(algo, T, steps_per_epoch, test_batches, test_size, cuts, path, meta)
+    stage = Stage(rt, module, optimizer, engine, lr_of, pipeline)
+    if c.compile:  # every graph compiled now, on every rank at once: none of it is training time
+        stage.compile_s = together(rt, warm_up, plan, stage, c.diag_every > 0)
+        stage.compile_clock = compile_seconds()
     reporter = None
     if k == K - 1:
         run_name = f"{name}-K{K}-{c.model.get('name', 'custom')}-s{c.seed}"
         reporter = together(rt, Reporter, path, c.wandb, dataclasses.asdict(c), run_name)
     else:
         together(rt, lambda: None)
-    meta = {"format": FORMAT, "algo": name, "splits": K, "model": dict(c.model), "stage": k, "blocks": [cuts[k], cuts[k + 1]],
-            "batch_size": c.batch_size, "steps": T, "in_shape": list(in_shape), "classes": classes}
-    plan = Plan(algo, T, steps_per_epoch, test_batches, test_size, cuts, path, meta)
-    return plan, Stage(rt, module, optimizer, engine, lr_of, pipeline), reporter
+    return plan, stage, reporter

@@ -31,6 +31,7 @@ def _conf_dir() -> Path:
 CONF_DIR = _conf_dir()
 DATASETS = ("synthetic", "fashion_mnist", "cifar10", "cifar100")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
+PRECISIONS = ("fp32", "bf16")
 # Fixed bounds, the same on every rank: 1e5 threads cannot start, a timeout of 1e300 s overflows torch's.
 MAX_THREADS, MAX_TIMEOUT_S = 1024, 86400
 
@@ -122,6 +123,8 @@ class Config:
     device: str = "auto"  # auto (CUDA when every local rank has its own GPU, else the CPU), cpu, cuda
     transport: str = "auto"  # auto (nccl on CUDA, gloo on the CPU), nccl, gloo (CUDA stages: staged via host)
     deterministic: bool = False  # deterministic kernels and no TF32: a GPU run repeats bit for bit
+    precision: str = "fp32"  # fp32, or bf16: every stage's compute under bfloat16 autocast, bf16 links (PRECISIONS)
+    compile: bool = False  # torch.compile each stage's module, compiled at start-up (summary.json: compile_s)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
@@ -136,6 +139,17 @@ def check_microbatches(schedule: str, M: int, batch_size: int, K: int) -> None:
                       f"choose a divisor, e.g. microbatches={divisor}")
     if schedule == "1f1b" and M < K:
         raise FRError(f"1f1b needs microbatches >= splits (microbatches={M}, splits={K}): set microbatches={K} or more")
+
+
+def check_precision_and_compile(c: Config) -> None:
+    """`precision` and `compile`, and the combinations that cannot work (the model's own checks: build.py)."""
+    if c.precision == "fp16":
+        raise FRError("precision=fp16 is not offered: fp16 needs a loss scale (GradScaler) that every stage agrees on, "
+                      "and each FR stage steps a different, older batch; use precision=bf16 (same range as fp32)")
+    choice("precision", c.precision, PRECISIONS)
+    if c.compile and c.algo.name in ("gpipe", "1f1b") and c.algo.checkpoint:
+        raise FRError(f"compile=true with algo={c.algo.name} algo.checkpoint=true is not offered (a checkpointed "
+                      f"recompute of a compiled stage is not covered): set algo.checkpoint=false or compile=false")
 
 
 def validate(cfg: DictConfig, world_size: int) -> Config:
@@ -169,6 +183,7 @@ def validate(cfg: DictConfig, world_size: int) -> Config:
     _check_run(c, world_size)
     _check_optim(c.optim)
     _check_algo(c)
+    check_precision_and_compile(c)
     if c.data.name not in DATASETS:
         raise FRError(f"unknown data {c.data.name!r}: choose one of {', '.join(DATASETS)} (data=NAME)")
     from fr_dist.data import check_options as check_data

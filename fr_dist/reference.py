@@ -4,10 +4,16 @@ Written plainly and independently: nothing here is imported from `algos/`, the
 engine or the runtime. Every stage is a module in one process; the loops below
 follow DESIGN section 1 literally, so a distributed run can be compared with
 them parameter by parameter.
+
+`precision="bf16"` runs every stage's compute (forward, replay, loss and
+backward; never an optimizer step) in its own bfloat16 autocast block, and
+casts what crosses a stage boundary (features up, error gradients down) to
+bfloat16. Stage 0's input stays as given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -20,7 +26,21 @@ def _set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def backprop(model: nn.Module, batches, lr_of, make_optimizer, seed: int) -> list[float]:
+def _compute(precision: str):
+    """The block one stage's compute runs in: bfloat16 autocast (on the CPU), or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _boundary(t: torch.Tensor, precision: str) -> torch.Tensor:
+    """A tensor as it crosses a stage boundary: floating tensors become bfloat16 in bf16 runs."""
+    if precision == "bf16" and t.is_floating_point():
+        return t.to(torch.bfloat16)
+    return t
+
+
+def backprop(model: nn.Module, batches, lr_of, make_optimizer, seed: int, precision: str = "fp32") -> list[float]:
     """Plain backpropagation over `batches` [(x, y), ...]; returns the losses.
 
     `seed` seeds the global RNG (dropout) before the first batch.
@@ -29,8 +49,9 @@ def backprop(model: nn.Module, batches, lr_of, make_optimizer, seed: int) -> lis
     torch.manual_seed(seed)
     losses = []
     for b, (x, y) in enumerate(batches):
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
+        with _compute(precision):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
         _set_lr(optimizer, lr_of(b))
         optimizer.step()
         optimizer.zero_grad()
@@ -39,7 +60,7 @@ def backprop(model: nn.Module, batches, lr_of, make_optimizer, seed: int) -> lis
 
 
 def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int],
-                    before_steps=None) -> list[float]:
+                    before_steps=None, precision: str = "fp32") -> list[float]:
     """Features Replay with K = len(stages) stages, simulated; returns the losses.
 
     Iteration t: every stage k < K-1 forwards batch t without a graph and stores
@@ -69,15 +90,16 @@ def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, see
             torch.set_rng_state(rng[k])
             if t < T and k < K - 1:
                 stored[k].append((t, x.clone(), torch.get_rng_state()))
-                with torch.no_grad():
-                    x = stage(x)
+                with torch.no_grad(), _compute(precision):
+                    x = _boundary(stage(x), precision)
             elif t < T:
                 x_in = x.detach().requires_grad_(k > 0)
-                loss = F.cross_entropy(stage(x_in), batches[t][1])
-                loss.backward()
+                with _compute(precision):
+                    loss = F.cross_entropy(stage(x_in), batches[t][1])
+                    loss.backward()
                 losses.append(loss.item())
                 if k > 0:
-                    new_grads[(k - 1, t)] = x_in.grad
+                    new_grads[(k - 1, t)] = _boundary(x_in.grad, precision)
                 updates[k] = t
             rng[k] = torch.get_rng_state()
             old = t - (K - 1 - k)
@@ -87,11 +109,12 @@ def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, see
                 buffers = copy.deepcopy(dict(stage.named_buffers()))
                 torch.set_rng_state(state)
                 x_in = x_old.requires_grad_(k > 0)
-                stage(x_in).backward(grads.pop((k, b)))
+                with _compute(precision):
+                    stage(x_in).backward(grads.pop((k, b)))
                 for name, value in buffers.items():  # the replay does not count as statistics
                     stage.get_buffer(name).copy_(value)
                 if k > 0:
-                    new_grads[(k - 1, b)] = x_in.grad
+                    new_grads[(k - 1, b)] = _boundary(x_in.grad, precision)
                 updates[k] = b
         if before_steps is not None:
             before_steps(t, updates)
@@ -104,7 +127,8 @@ def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, see
     return losses
 
 
-def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int]) -> list[float]:
+def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int],
+        precision: str = "fp32") -> list[float]:
     """Decoupled parallel backprop with delayed gradients (Huo et al. 2018), simulated.
 
     The schedule of `features_replay`, but stage k < K-1 forwards batch t with
@@ -134,18 +158,20 @@ def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int
                 for p in old_stage.parameters():
                     p.grad = None
                 x_in = x.detach().requires_grad_(k > 0)
-                h = old_stage(x_in)
+                with _compute(precision):
+                    h = old_stage(x_in)
                 for name, value in old_stage.named_buffers():  # the statistics the forward produced
                     stage.get_buffer(name).copy_(value)
                 stored[k].append((t, old_stage, x_in, h))
-                x = h.detach()
+                x = _boundary(h.detach(), precision)
             elif t < T:
                 x_in = x.detach().requires_grad_(k > 0)
-                loss = F.cross_entropy(stage(x_in), batches[t][1])
-                loss.backward()
+                with _compute(precision):
+                    loss = F.cross_entropy(stage(x_in), batches[t][1])
+                    loss.backward()
                 losses.append(loss.item())
                 if k > 0:
-                    new_grads[(k - 1, t)] = x_in.grad
+                    new_grads[(k - 1, t)] = _boundary(x_in.grad, precision)
                 _set_lr(optimizers[k], lr_of(t))
                 optimizers[k].step()
                 optimizers[k].zero_grad()
@@ -154,11 +180,12 @@ def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int
             if k < K - 1 and 0 <= old < T:
                 b, old_stage, x_in, h = stored[k].pop(0)
                 assert b == old
-                h.backward(grads.pop((k, b)))
+                with _compute(precision):
+                    h.backward(grads.pop((k, b)))
                 for p, p_old in zip(stage.parameters(), old_stage.parameters()):
                     p.grad = p_old.grad  # the old forward's gradient, applied to the current weights
                 if k > 0:
-                    new_grads[(k - 1, b)] = x_in.grad
+                    new_grads[(k - 1, b)] = _boundary(x_in.grad, precision)
                 _set_lr(optimizers[k], lr_of(b))
                 optimizers[k].step()
                 optimizers[k].zero_grad()
@@ -168,7 +195,7 @@ def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int
 
 
 def dni(stages: list[nn.Module], synth_models: list[nn.Module], batches, lr_of, make_optimizer,
-        make_synth_optimizer, seeds: list[int]) -> list[float]:
+        make_synth_optimizer, seeds: list[int], precision: str = "fp32") -> list[float]:
     """Decoupled neural interfaces with synthetic gradients (Jaderberg et al. 2017), simulated.
 
     `synth_models[k]` (k < K-1) predicts the gradient of stage k's output from
@@ -198,18 +225,21 @@ def dni(stages: list[nn.Module], synth_models: list[nn.Module], batches, lr_of, 
             if t < T:
                 x_in = x.detach().requires_grad_(k > 0)
                 if k < K - 1:
-                    h = stage(x_in)
-                    with torch.no_grad():
-                        synthetic = synth_models[k](h.detach())
-                    h.backward(synthetic)
+                    with _compute(precision):
+                        h = stage(x_in)
+                    with _compute(precision):  # a block of its own: the synthetic gradient, no graph
+                        with torch.no_grad():
+                            synthetic = synth_models[k](h.detach())
+                        h.backward(synthetic)
                     outputs[k].append((t, h.detach()))
-                    x = h.detach()
+                    x = _boundary(h.detach(), precision)
                 else:
-                    loss = F.cross_entropy(stage(x_in), batches[t][1])
-                    loss.backward()
+                    with _compute(precision):
+                        loss = F.cross_entropy(stage(x_in), batches[t][1])
+                        loss.backward()
                     losses.append(loss.item())
                 if k > 0:
-                    new_grads[(k - 1, t)] = x_in.grad
+                    new_grads[(k - 1, t)] = _boundary(x_in.grad, precision)
                 _set_lr(optimizers[k], lr_of(t))
                 optimizers[k].step()
                 optimizers[k].zero_grad()
@@ -217,7 +247,8 @@ def dni(stages: list[nn.Module], synth_models: list[nn.Module], batches, lr_of, 
             if k < K - 1 and 0 <= t - 1 < T:
                 b, h_old = outputs[k].pop(0)
                 assert b == t - 1
-                F.mse_loss(synth_models[k](h_old), grads.pop((k, b))).backward()
+                with _compute(precision):
+                    F.mse_loss(synth_models[k](h_old), grads.pop((k, b))).backward()
                 synth_optimizers[k].step()
                 synth_optimizers[k].zero_grad()
         grads.update(new_grads)

@@ -132,7 +132,9 @@ def train(c: Config, raw, rt: groups.Runtime, run_dir: str | None, overrides: li
             "wall_s": round(time.perf_counter() - started, 3),
             "samples_per_s": round(plan.T * c.batch_size / max(progress.train_s, 1e-9), 2),
             "versions": {"torch": torch.__version__, "fr_dist": git_revision()},
-            "device": rt.device.type, "threads_per_rank": c.threads_per_rank,
+            "device": rt.device.type, "precision": c.precision, "compile": c.compile,
+            "compile_s": max((s.get("compile_s", 0.0) for s in stages), default=0.0),
+            "threads_per_rank": c.threads_per_rank,
             "partition": plan.cuts[1:-1], "stages": stages,
         })
         reporter.summary(summary)

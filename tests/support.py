@@ -53,13 +53,13 @@ def simulation_inputs(K: int, overrides: list[str]):
 
 
 def reference(K: int, overrides: list[str]):
-    """Per-stage state dicts and losses of the single-process simulator."""
-    _, _, stages, batches, lr_of, make_optimizer, _, seeds = simulation_inputs(K, overrides)
+    """Per-stage state dicts and losses of the single-process simulator (in the run's precision)."""
+    c, _, stages, batches, lr_of, make_optimizer, _, seeds = simulation_inputs(K, overrides)
     torch.set_num_threads(1)  # the ranks run one thread each: same reduction order
     if K == 1:
-        losses = backprop(stages[0], batches, lr_of, make_optimizer, seeds[0])
+        losses = backprop(stages[0], batches, lr_of, make_optimizer, seeds[0], precision=c.precision)
     else:
-        losses = features_replay(stages, batches, lr_of, make_optimizer, seeds)
+        losses = features_replay(stages, batches, lr_of, make_optimizer, seeds, precision=c.precision)
     return [s.state_dict() for s in stages], losses
 
 

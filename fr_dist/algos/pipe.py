@@ -25,6 +25,9 @@ What this torch version (2.13) needs, read from its source:
   and the group must have exactly K ranks (one stage per rank).
 - `Schedule1F1B` requires M >= K; both need the batch to split into M equal
   micro-batches (fixed shapes on every link).
+- precision=bf16: `schedule.step` runs under the run's autocast (the optimizer
+  step outside it), and a non-last stage casts its output to the agreed
+  boundary dtype, which pipelining checks against the static metadata.
 """
 
 from __future__ import annotations
@@ -136,11 +139,12 @@ def _frozen_bn_stats(module: nn.Module):
 class _StageModule(nn.Module):
     """The stage's module as pipelining runs it: metered, optionally checkpointed."""
 
-    def __init__(self, inner: nn.Module, meter: _StashMeter, checkpoint: bool):
+    def __init__(self, inner: nn.Module, meter: _StashMeter, checkpoint: bool, out_dtype: torch.dtype | None = None):
         super().__init__()
         self.inner = inner
         self.meter = meter
         self.checkpoint = checkpoint
+        self.out_dtype = out_dtype  # the boundary's dtype (bf16 runs); None: as computed (the last stage)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.meter.hold(x)
@@ -150,6 +154,8 @@ class _StageModule(nn.Module):
                                   context_fn=lambda: (nullcontext(), _frozen_bn_stats(self.inner)))
             else:
                 out = self.inner(x)
+            if self.out_dtype is not None:
+                out = out.to(self.out_dtype)  # a no-op unless autocast left it in another dtype
         self.meter.hold(out, whole_storage=True)
         return out
 
@@ -185,7 +191,7 @@ class PipeRunner:
     def __init__(self, module: nn.Module, stage: int, K: int, device: torch.device, group,
                  schedule: str, microbatches: int, batch_size: int, in_spec, out_spec,
                  optimizer: torch.optim.Optimizer | None, lr_of: Callable[[int], float],
-                 checkpoint: bool = False):
+                 checkpoint: bool = False, autocast=nullcontext):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
         M = int(microbatches)
@@ -199,16 +205,17 @@ class PipeRunner:
         self.optimizer, self.lr_of = optimizer, lr_of
         self.last = stage == K - 1
         self.busy_s = 0.0
+        self.autocast = autocast  # the schedule's compute runs in it (bf16 runs), the optimizer step outside
 
         (in_shape, in_dtype), (out_shape, out_dtype) = in_spec, out_spec
         if in_shape[0] != batch_size or out_shape[0] != batch_size:
             raise ValueError(f"specs must have the batch size {batch_size} first: {in_spec}, {out_spec}")
         mb = batch_size // M
-        self.in_shape = (batch_size, *in_shape[1:])
+        self.in_shape, self.in_dtype = (batch_size, *in_shape[1:]), in_dtype
         self.meter = _StashMeter(module)
         if checkpoint:
             self.meter.transient = self._graph_bytes((mb, *in_shape[1:]), in_dtype)
-        self.wrapped = _StageModule(module, self.meter, checkpoint)
+        self.wrapped = _StageModule(module, self.meter, checkpoint, None if self.last else out_dtype)
         # Static metadata: one micro-batch, on the meta device (no inference forward).
         example_in = torch.empty((mb, *in_shape[1:]), dtype=in_dtype, device="meta").requires_grad_(stage > 0)
         example_out = torch.empty((mb, *out_shape[1:]), dtype=out_dtype, device="meta").requires_grad_(True)
@@ -225,6 +232,18 @@ class PipeRunner:
 
         self.schedule = schedules[schedule](self.pipe_stage, n_microbatches=M, loss_fn=loss_fn, scale_grads=False)
 
+    def warm_up(self) -> None:
+        """Compile what train_step runs (compile=true): one micro-batch's forward and backward in training
+        mode, on zeros. Changes BatchNorm statistics and draws RNG: the caller puts them back
+        (runtime/compiled.py); no gradient is accumulated."""
+        x = torch.zeros((self.batch_size // self.M, *self.in_shape[1:]), dtype=self.in_dtype,
+                        device=self.device).requires_grad_(self.stage > 0)
+        with self.autocast():
+            out = self.wrapped(x)
+            wrt = [p for p in self.module.parameters() if p.requires_grad] + ([x] if self.stage > 0 else [])
+            if wrt:
+                torch.autograd.grad(out, wrt, torch.zeros_like(out), allow_unused=True)
+
     def _graph_bytes(self, shape, dtype) -> int:
         """Bytes one micro-batch's graph saves (what a checkpointed backward recomputes).
 
@@ -233,7 +252,8 @@ class PipeRunner:
         x = torch.zeros(shape, dtype=dtype, device=self.device).requires_grad_(self.stage > 0)
         skip = self.meter.skip | {x.untyped_storage().data_ptr()}
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), _frozen_bn_stats(self.module), saved_storages(skip) as seen:
+        with torch.random.fork_rng(devices=devices), _frozen_bn_stats(self.module), saved_storages(skip) as seen, \
+                self.autocast():
             out = self.module(x)
         del out
         return sum(seen.values())
@@ -266,7 +286,8 @@ class PipeRunner:
                 if y is None or y.shape[0] != self.batch_size:
                     raise ValueError(f"the last stage needs the labels of the whole batch ({self.batch_size})")
                 kwargs = {"target": y, "losses": losses}
-            self.schedule.step(*args, return_outputs=False, **kwargs)
+            with self.autocast():
+                self.schedule.step(*args, return_outputs=False, **kwargs)
             self.meter.live.clear()
             self.meter.current = None
             if self.optimizer is not None:
@@ -304,6 +325,9 @@ class Pipeline:
         losses, self.losses = self.losses, []
         return losses
 
+    def warm_up(self) -> None:
+        self.runner.warm_up()
+
     def train_step(self, batch: int) -> None:
         x = self.data.inputs(batch).to(self.device, non_blocking=True) if self.first else None
         y = self.data.labels(batch).to(self.device, non_blocking=True) if self.last else None
@@ -340,9 +364,9 @@ class PipeAlgo:
         return []
 
     def pipeline(self, module, stage, K, device, optimizer, lr_of, in_spec, out_spec, options, microbatches: int,
-                 data) -> Pipeline:
+                 data, autocast=nullcontext) -> Pipeline:
         runner = PipeRunner(module, stage, K, device, None, self.name, microbatches, in_spec[0][0], in_spec,
-                            out_spec, optimizer, lr_of, options.checkpoint)
+                            out_spec, optimizer, lr_of, options.checkpoint, autocast)
         return Pipeline(runner, data, stage, K, device)
 
 

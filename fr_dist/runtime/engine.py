@@ -34,7 +34,8 @@ class Engine:
     """`worker` computes training and evaluation, `probe` the diagnostic passes (or None).
 
     `autocast()` is the context every compute action but the optimizer step runs in
-    (mixed precision; a no-op context by default).
+    (mixed precision; a no-op context by default). Every value sent is cast to its
+    link's dtype first: a stage boundary carries exactly the agreed dtype.
     """
 
     def __init__(self, worker, data, links: dict, device: torch.device, probe=None, autocast=nullcontext):
@@ -112,7 +113,8 @@ class Engine:
         self._values(a).x = self.links["x_in"].recv(a.link_id)
 
     def _send_x(self, a: Action) -> None:
-        self.links["x_out"].send(self._values(a).h, a.link_id)
+        link = self.links["x_out"]
+        link.send(self._values(a).h.to(link.dtype), a.link_id)  # the boundary's dtype (bf16 runs), a no-op in fp32
 
     def _post_g(self, a: Action) -> None:
         if a.diag is None and a.batch in self.held:
@@ -124,7 +126,8 @@ class Engine:
         self.held[a.batch] = self.links["g_in"].recv(a.link_id).clone()
 
     def _send_g(self, a: Action) -> None:
-        self.links["g_out"].send(self._values(a).grad_x, a.link_id)
+        link = self.links["g_out"]
+        link.send(self._values(a).grad_x.to(link.dtype), a.link_id)  # the boundary's dtype, a no-op in fp32
 
     # compute
     def _forward(self, a: Action) -> None:

@@ -72,6 +72,15 @@ def stage_figures(stage, plan, progress) -> dict:
            "params": sum(p.numel() for p in stage.module.parameters()),
            "busy_frac": round(stage.busy_s / max(progress.train_s, 1e-9), 4),
            "peak_mem_bytes": worker.peak_mem_bytes}
+    ring = getattr(worker, "ring", None)
+    if ring is not None:  # the stored inputs alone (part of peak_mem_bytes): their dtype is the link's
+        row["ring_bytes"] = ring.nbytes
+    if stage.compile_s is not None:
+        from fr_dist.runtime.compiled import compile_seconds, compiled_graphs
+
+        row["compile_s"] = round(stage.compile_s, 3)
+        row["late_compile_s"] = round(compile_seconds() - stage.compile_clock, 3)  # 0: all compiled at start-up
+        row["compiled_graphs"] = compiled_graphs()
     if stage.rt.device.type == "cuda":
         import torch
 

@@ -39,6 +39,8 @@ class Stage:
     engine: Engine
     lr_of: Callable[[int], float]
     pipeline: Any = None
+    compile_s: float | None = None  # compile=true: seconds of the start-up compile (runtime/compiled.py)
+    compile_clock: float = 0.0  # torch.compile's own clock after it: what it counts later was compiled late
 
     @property
     def last(self) -> bool:
