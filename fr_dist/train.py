@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[stage {rank}] warning: {warning}", file=sys.stderr, flush=True)
     if c.deterministic:
         groups.make_deterministic()
-    rt = groups.init(c.fail_timeout_s, device, backend)
+    try:
+        rt = groups.init(c.fail_timeout_s, device, backend)
+    except FRError as e:  # the store: a port in use, or rank 0 unreachable
+        print(f"[stage {rank}] error: {e}", file=sys.stderr, flush=True)
+        return 1
     aborted = False
     try:
         train(c, raw, rt, run_dir, overrides)

@@ -44,8 +44,18 @@ def run_ranks(K: int, overrides: list[str], timeout: float = 180, world: int | N
     """Run `world` (default K) ranks with `splits=K` and `overrides`; wait for all.
 
     Raises AssertionError if any rank is still running after `timeout` (a hang).
+    The free port is chosen before the ranks bind it, so another process may take
+    it in between (a busy machine): then the ranks are started again on a new port.
     """
-    procs = start_ranks(K, overrides, world)
+    for attempt in range(3):
+        results = collect(start_ranks(K, overrides, world), timeout)
+        if not any("MASTER_PORT" in r.err and "is in use" in r.err for r in results):
+            break
+    return results
+
+
+def collect(procs: list[subprocess.Popen], timeout: float) -> list[Rank]:
+    """Wait for every process; kill them all if any is still running after `timeout` (a hang)."""
     deadline = time.monotonic() + timeout
     results = []
     try:

@@ -131,8 +131,17 @@ def init(timeout_s: float, device: torch.device, backend: str) -> Runtime:
     # the keys of one attempt would be read by the next: every attempt gets its
     # own prefix (torch's env:// rendezvous adds none, and restarts then race).
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                          is_master=not agent and r == 0, timeout=timeout, wait_for_workers=False)
+    address = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    try:
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                              is_master=not agent and r == 0, timeout=timeout, wait_for_workers=False)
+    except (dist.DistNetworkError, dist.DistStoreError) as e:
+        if "EADDRINUSE" in str(e) or "address already in use" in str(e):
+            raise FRError(f"MASTER_PORT {os.environ['MASTER_PORT']} is in use on this machine: choose a free one "
+                          f"(torchrun --master_port=PORT, or --standalone)") from None
+        raise FRError(f"the job's store at {address} did not answer within fail_timeout_s={timeout_s} "
+                      f"({type(e).__name__}): is rank 0 running, and MASTER_ADDR/MASTER_PORT the same on every rank?") \
+            from None
     attempt = f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     pg_store = dist.PrefixStore(f"fr_dist/{attempt}", store)
     if backend == "nccl":

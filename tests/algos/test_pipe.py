@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 from fr_dist import FRError
 from tests.algos import pipe_worker as W
-from tests.ranks import free_port
+from tests.ranks import collect, free_port
 from tests import support
 from tests.support import COMMON, MLP, ROOT, distributed, simulation_inputs
 
@@ -34,18 +33,8 @@ def launch(K: int, out: Path, timeout: float = 120) -> list[dict]:
     procs = [subprocess.Popen([sys.executable, "-m", "tests.algos.pipe_worker", str(out)], cwd=ROOT,
                               env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for r in range(K)]
-    deadline = time.monotonic() + timeout
-    try:
-        outputs = [p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0] for p in procs]
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"{K} pipe ranks still running after {timeout} s: a hang") from None
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for r, (p, text) in enumerate(zip(procs, outputs)):
-        assert p.returncode == 0, f"rank {r} of {K} failed:\n{text}"
+    for r, rank in enumerate(collect(procs, timeout)):
+        assert rank.returncode == 0, f"rank {r} of {K} failed:\n{rank.out}"
     return [torch.load(out / f"rank{r}.pt") for r in range(K)]
 
 
