@@ -34,13 +34,14 @@ from fr_dist.runtime.failures import together
 from fr_dist.runtime.groups import Runtime
 from fr_dist.runtime.links import Link, negotiate_shapes
 from fr_dist.runtime.metrics import Reporter
+from fr_dist.runtime.replicas import GradientAverager, average_now
 from fr_dist.runtime.resume import FORMAT
 from fr_dist.runtime.state import Plan, Stage
 
 
-def stage_seed(seed: int, stage: int) -> int:
-    """Seed of stage k's global RNG (dropout) after the shared model init."""
-    return seed + 1000 * (stage + 1)
+def stage_seed(seed: int, stage: int, replica: int = 0) -> int:
+    """Seed of stage k's global RNG (dropout) after the shared model init; each replica draws its own masks."""
+    return seed + 1000 * (stage + 1) + 1_000_003 * replica
 
 
 def make_run_dir(rt: Runtime, run_dir: str | None) -> Path:
@@ -90,7 +91,7 @@ def stage_blocks(rt: Runtime, c: Config, in_shape, classes: int) -> tuple[nn.Mod
     blocks, cuts = together(rt, build)
     if c.partition == "profiled":
         cuts = profiled_cuts(rt, blocks, in_shape, c)
-    k = rt.rank
+    k = rt.stage
     return nn.Sequential(*blocks[cuts[k]:cuts[k + 1]]).to(rt.device), cuts
 
 
@@ -141,34 +142,44 @@ def check_precision_device(precision: str, device: torch.device) -> None:
 
 
 def make_links(rt: Runtime, in_spec, out_spec) -> dict[str, Link]:
-    """The stage's four links (fewer at the ends): activations in and out, error gradients in and out.
+    """The stage's four links (fewer at the ends) in its replica: activations in and out, error gradients in and out.
 
     gloo with CUDA stages stages every payload through host memory (gloo moves CPU tensors only).
     """
-    k, K, device = rt.rank, rt.world, rt.device
+    k, K, device = rt.stage, rt.stages, rt.device
     staged = rt.backend == "gloo" and device.type == "cuda"
     links = {}
-    if k > 0:
-        links["x_in"] = Link(f"x {k-1}->{k}", rt.groups[(k - 1, k)], k - 1, *in_spec, device, staged)
-        links["g_out"] = Link(f"g {k}->{k-1}", rt.groups[(k, k - 1)], k - 1, *in_spec, device, staged)
-    if k < K - 1:
-        links["x_out"] = Link(f"x {k}->{k+1}", rt.groups[(k, k + 1)], k + 1, *out_spec, device, staged)
-        links["g_in"] = Link(f"g {k+1}->{k}", rt.groups[(k + 1, k)], k + 1, *out_spec, device, staged)
-    return links
 
+    def link(kind: str, src: int, dst: int, spec) -> Link:
+        peer = dst if src == k else src
+        return Link(f"{kind} {src}->{dst}", rt.groups[(src, dst)], rt.global_rank(peer), *spec, device, staged, peer)
+
+    if k > 0:
+        links["x_in"], links["g_out"] = link("x", k - 1, k, in_spec), link("g", k, k - 1, in_spec)
+    if k < K - 1:
+        links["x_out"], links["g_in"] = link("x", k, k + 1, out_spec), link("g", k + 1, k, out_spec)
+    return links
 
 def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]):
     """(plan, stage, reporter): the reporter on the last stage, else None."""
-    k, K, device = rt.rank, rt.world, rt.device
+    k, K, device = rt.stage, rt.stages, rt.device
     torch.set_num_threads(c.threads_per_rank)
     path = make_run_dir(rt, run_dir)
-    if k == 0:
+    if rt.rank == 0:
         (path / ".hydra").mkdir(exist_ok=True)
         OmegaConf.save(raw, path / ".hydra" / "config.yaml")
         OmegaConf.save(OmegaConf.create(overrides), path / ".hydra" / "overrides.yaml")
 
     # Data: stage 0 needs inputs, the last stage labels; both use one sampler.
-    data = together(rt, lambda: datasets.load(c.data, c.batch_size, c.seed) if k in (0, K - 1) else None)
+    def load():
+        if k not in (0, K - 1):
+            return None
+        batches = datasets.load(c.data, c.batch_size, c.seed)
+        if rt.replicas > 1:
+            batches.shard(rt.replica, rt.replicas)
+        return batches
+
+    data = together(rt, load)
     box = [(data.in_shape, data.classes, data.steps_per_epoch, data.test_batches, len(data.test_y))
            if k == 0 else None]
     torch.distributed.broadcast_object_list(box, src=0, group=rt.control)
@@ -179,7 +190,7 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
     together(rt, check_precision_device, c.precision, device)
     autocast = make_autocast(c.precision, device)
     module, cuts = stage_blocks(rt, c, in_shape, classes)
-    torch.manual_seed(stage_seed(c.seed, k))
+    torch.manual_seed(stage_seed(c.seed, k, rt.replica))
 
     def spec_of(spec):
         """This stage's output spec, probed under the run's autocast; a boundary's dtype is the link's (bf16 runs)."""
@@ -202,11 +213,14 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
     worker = algo.Worker(module, k, K, device, optimizer, lr_of, in_spec, c.algo)
     probe = TrueGradient(module, k, device) if c.diag_every else None
     engine = Engine(worker, data, make_links(rt, in_spec, out_spec), device, probe, autocast)
+    if rt.replicas > 1 and optimizer is not None:
+        engine.averager = GradientAverager(module.parameters(), rt.data_parallel, rt.replicas)
+        worker.average = lambda params: average_now(params, rt.data_parallel, rt.replicas)
     pipeline = None
     if name in algos.PIPELINES:
         pipeline = algo.pipeline(module, k, K, device, optimizer, lr_of, in_spec, out_spec, c.algo,
                                  c.microbatches, data, autocast)
-    meta = {"format": FORMAT, "algo": name, "splits": K, "model": dict(c.model), "stage": k, "blocks": [cuts[k], cuts[k + 1]],
+    meta = {"format": FORMAT, "algo": name, "splits": K, "replicas": rt.replicas, "replica": rt.replica, "model": dict(c.model), "stage": k, "blocks": [cuts[k], cuts[k + 1]],
             "batch_size": c.batch_size, "steps": T, "in_shape": list(in_shape), "classes": classes}
     plan = Plan(algo, T, steps_per_epoch, test_batches, test_size, cuts, path, meta)
     stage = Stage(rt, module, optimizer, engine, lr_of, pipeline)
@@ -214,7 +228,7 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
         stage.compile_s = together(rt, warm_up, plan, stage, c.diag_every > 0)
         stage.compile_clock = compile_seconds()
     reporter = None
-    if k == K - 1:
+    if k == K - 1 and rt.replica == 0:
         run_name = f"{name}-K{K}-{c.model.get('name', 'custom')}-s{c.seed}"
         reporter = together(rt, Reporter, path, c.wandb, dataclasses.asdict(c), run_name)
     else:

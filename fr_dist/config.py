@@ -101,7 +101,8 @@ class WandbConfig:
 @dataclass
 class Config:
     algo: Any = None  # one of ALGO_OPTIONS, chosen by algo.name
-    splits: int = 1  # K stages, one process each: must equal the world size
+    splits: int = 1  # K stages, one process each per replica
+    replicas: int = 1  # D data-parallel copies of the pipeline: world size = splits x replicas
     model: Any = None  # dict: name (mlp, resnet8..110, resnet164) or _target_ returning blocks
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -201,7 +202,7 @@ def validate(cfg: DictConfig, world_size: int) -> Config:
 
 
 def _check_run(c: Config, world_size: int) -> None:
-    for key in ("splits", "epochs", "batch_size", "eval_every", "log_every", "microbatches", "ckpt_keep"):
+    for key in ("splits", "replicas", "epochs", "batch_size", "eval_every", "log_every", "microbatches", "ckpt_keep"):
         integer(key, getattr(c, key))
     integer("max_steps", c.max_steps, null=True)
     integer("threads_per_rank", c.threads_per_rank, null=True, fix="set threads_per_rank=1 or more, or null "
@@ -215,11 +216,25 @@ def _check_run(c: Config, world_size: int) -> None:
     if not (is_number(c.fail_timeout_s) and 0 < c.fail_timeout_s <= MAX_TIMEOUT_S):
         refuse("fail_timeout_s", c.fail_timeout_s, f"a number of seconds in (0, {MAX_TIMEOUT_S}]",
                "set e.g. fail_timeout_s=60")
-    if c.splits != world_size:
-        raise FRError(
-            f"splits={c.splits} but the world size is {world_size}: launch one process per stage "
-            f"(torchrun --nproc_per_node={c.splits} ...) or set splits={world_size}"
-        )
+    if c.splits * c.replicas != world_size:
+        if c.replicas == 1:
+            raise FRError(
+                f"splits={c.splits} but the world size is {world_size}: launch one process per stage "
+                f"(torchrun --nproc_per_node={c.splits} ...) or set splits={world_size}"
+            )
+        raise FRError(f"splits={c.splits} x replicas={c.replicas} = {c.splits * c.replicas} processes, but the "
+                      f"world size is {world_size}: launch torchrun --nproc_per_node={c.splits * c.replicas} "
+                      f"(over all nodes), or change splits or replicas")
+    if c.replicas > 1:  # what replicas cannot be combined with
+        if c.algo.name in ("gpipe", "1f1b"):
+            refuse("replicas", c.replicas, f"1 with algo={c.algo.name} (the pipelining adapter brings no "
+                   f"data-parallel gradient averaging)", "set replicas=1, or algo=fr, bp, ddg or dni")
+        if c.diag_every:
+            refuse("replicas", c.replicas, "1 with diag_every > 0 (the diagnostic measures one pipeline)",
+                   "set diag_every=0 or replicas=1")
+        if c.compile:
+            refuse("replicas", c.replicas, "1 with compile=true (its start-up warm-up is not averaged)",
+                   "set compile=false or replicas=1")
     if c.partition not in ("uniform", "profiled"):  # its length and end: stage_cuts, when the blocks are known
         example = list(range(1, c.splits))
         if not isinstance(c.partition, list):

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if c.deterministic:
         groups.make_deterministic()
     try:
-        rt = groups.init(c.fail_timeout_s, device, backend)
+        rt = groups.init(c.fail_timeout_s, device, backend, c.replicas)
     except FRError as e:  # the store: a port in use, or rank 0 unreachable
         print(f"[stage {rank}] error: {e}", file=sys.stderr, flush=True)
         return 1
@@ -105,7 +105,7 @@ def train(c: Config, raw, rt: groups.Runtime, run_dir: str | None, overrides: li
         os._exit(1)
 
     watchdog = Watchdog(stage.engine.links.values(), c.fail_timeout_s, hung).start() if rt.backend == "nccl" else None
-    summary = {"algo": c.algo.name, "splits": rt.world, "model": c.model.get("name", c.model.get("_target_")),
+    summary = {"algo": c.algo.name, "splits": rt.stages, "replicas": rt.replicas, "model": c.model.get("name", c.model.get("_target_")),
                "data": c.data.name, "seed": c.seed, "status": "running"}
     try:
         loop.run(c, plan, stage, progress, reporter, resume(plan, stage, progress, reporter, c.resume))
@@ -134,7 +134,7 @@ def train(c: Config, raw, rt: groups.Runtime, run_dir: str | None, overrides: li
             "final_train_loss": sum(progress.recent) / len(progress.recent) if progress.recent else None,
             "test_acc": progress.test_acc, "best_test_acc": progress.best_test_acc,
             "wall_s": round(time.perf_counter() - started, 3),
-            "samples_per_s": round(plan.T * c.batch_size / max(progress.train_s, 1e-9), 2),
+            "samples_per_s": round(plan.T * c.batch_size * rt.replicas / max(progress.train_s, 1e-9), 2),
             "versions": {"torch": torch.__version__, "fr_dist": git_revision()},
             "device": rt.device.type, "precision": c.precision, "compile": c.compile,
             "compile_s": max((s.get("compile_s", 0.0) for s in stages), default=0.0),
@@ -143,7 +143,7 @@ def train(c: Config, raw, rt: groups.Runtime, run_dir: str | None, overrides: li
         })
         reporter.summary(summary)
         reporter.close()
-        print(f"[stage {rt.rank}] done: {plan.T} steps, test_acc {progress.test_acc:.4f}, "
+        print(f"[{rt.name}] done: {plan.T} steps, test_acc {progress.test_acc:.4f}, "
               f"{summary['samples_per_s']} samples/s; outputs in {plan.run_dir}", flush=True)
 
 

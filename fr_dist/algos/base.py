@@ -33,6 +33,7 @@ class Worker:
         self.module, self.stage, self.K, self.device = module, stage, K, device
         self.optimizer, self.lr_of = optimizer, lr_of
         self.graph_bytes = SavedBytes(module)
+        self.average = None  # with replicas: averages a small model's gradients over them (DNI's M_k)
 
     @property
     def peak_mem_bytes(self) -> int:

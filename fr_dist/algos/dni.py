@@ -167,6 +167,8 @@ class Worker(Worker):
             raise RuntimeError(f"DNI stage {self.stage}: true gradient of batch {batch}, but the stored one is {held}")
         _, h = self.stored.popleft()
         F.mse_loss(self.synth(h), grad).backward()
+        if self.average is not None:  # replicas: M_k stays the same on every one
+            self.average(list(self.synth.parameters()))
         with torch.autocast(self.device.type, enabled=False):  # never an optimizer step under autocast
             self.synth_optimizer.step()
         self.synth_optimizer.zero_grad(set_to_none=False)

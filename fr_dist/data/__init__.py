@@ -65,6 +65,7 @@ class Batches:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1) if std else None
         self.steps_per_epoch = len(train_y) // batch_size
         self.test_batches = -(-len(test_y) // batch_size)
+        self.replica, self.replicas = 0, 1
         self._perms: dict[int, torch.Tensor] = {}  # epoch -> permutation (read by two threads)
         self._prefetch = None  # (batch, future) of the next training inputs
         self.pin = False  # CUDA stages: prefetched inputs in pinned memory, so the copy to the GPU is asynchronous
@@ -81,7 +82,16 @@ class Batches:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             perm = self._perms[epoch] = torch.randperm(len(self.train_y), generator=g)
             self._perms.pop(epoch - 2, None)
-        return perm[i * self.batch_size:(i + 1) * self.batch_size]
+        j = i * self.replicas + self.replica  # this replica's slice of the global batch
+        return perm[j * self.batch_size:(j + 1) * self.batch_size]
+
+    def shard(self, replica: int, replicas: int) -> None:
+        """Replica d of D reads slice d of every global batch of D x batch_size samples (by batch id)."""
+        if len(self.train_y) < replicas * self.batch_size:
+            raise FRError(f"replicas={replicas} x batch_size={self.batch_size} is larger than the "
+                          f"{len(self.train_y)} training samples: lower batch_size or replicas")
+        self.replica, self.replicas = replica, replicas
+        self.steps_per_epoch = len(self.train_y) // (replicas * self.batch_size)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:

@@ -86,9 +86,14 @@ def candidates(resume: str | None, run_dir: Path) -> list[Path]:
     return [path]
 
 
-def load_stage(directory: Path, stage: int, expect: dict) -> dict:
-    """Stage k's checkpoint, refused unless it was made by the same kind of run."""
-    path = directory / f"stage{stage}.pt"
+def stage_file(stage: int, replica: int = 0) -> str:
+    """A stage's file: replica 0's holds the state every replica shares (weights, optimizer) with its own."""
+    return f"stage{stage}.pt" if replica == 0 else f"stage{stage}-replica{replica}.pt"
+
+
+def load_stage(directory: Path, stage: int, expect: dict, replica: int = 0) -> dict:
+    """Stage k's checkpoint (of `replica`), refused unless it was made by the same kind of run."""
+    path = directory / stage_file(stage, replica)
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
         meta = state["meta"]

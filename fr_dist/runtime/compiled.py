@@ -75,6 +75,7 @@ class LocalLink:
 
     def __init__(self, link):
         self.name, self.peer, self.shape, self.dtype = link.name, link.peer, link.shape, link.dtype
+        self.peer_stage = link.peer_stage
         self.buffer = torch.zeros(link.shape, dtype=link.dtype, device=link.buffer.device)
         self.busy = False
 
@@ -162,7 +163,7 @@ def warm_up(plan, stage, diag: bool) -> float:
     backend, an unsupported operation), so every rank stops with one message.
     """
     rt, engine = stage.rt, stage.engine
-    k, K = rt.rank, rt.world
+    k, K = rt.stage, rt.stages
     start = time.perf_counter()
     saved = _Saved(stage)
     devices = [rt.device] if rt.device.type == "cuda" else []

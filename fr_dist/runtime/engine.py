@@ -48,6 +48,7 @@ class Engine:
         self.timed = True  # evaluation does not count: busy_frac is about training
         self.diag_s = 0.0  # wall seconds of the diagnostic's passes: not training time either
         self.held: dict[int, torch.Tensor] = {}  # error gradients taken at a cut, by batch, until their replay
+        self.averager = None  # with replicas: the stage's gradient all-reduce (runtime/replicas.py)
         self.history: list[Action] = []  # recent actions, printed when a rank fails
 
     def run(self, actions: list[Action]) -> None:
@@ -82,7 +83,7 @@ class Engine:
     def waiting_on(self) -> int | None:
         """The peer stage of a transfer this rank has started and not finished, if any."""
         link = next((l for l in self.links.values() if l.busy), None)
-        return link.peer if link else None
+        return link.peer_stage if link else None
 
     def check_links(self) -> None:
         """Every received header verified (GPU links check them one transfer late)."""
@@ -128,6 +129,8 @@ class Engine:
     def _send_g(self, a: Action) -> None:
         link = self.links["g_out"]
         link.send(self._values(a).grad_x.to(link.dtype), a.link_id)  # the boundary's dtype, a no-op in fp32
+        if self.averager is not None and a.diag is None:  # the input gradient is on its way: now average
+            self.averager.start()
 
     # compute
     def _forward(self, a: Action) -> None:
@@ -164,6 +167,8 @@ class Engine:
 
     def _step(self, a: Action) -> None:
         with self._compute(a, autocast=False):  # weights and optimizer state stay in fp32
+            if self.averager is not None:
+                self.averager.wait()
             self.worker.step(a.batch)
 
     def _score(self, a: Action) -> None:

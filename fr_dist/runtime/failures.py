@@ -50,7 +50,7 @@ def together(rt: Runtime, fn, *args):
     failed = [r for r, e in enumerate(errors) if e is not None]
     if failed:
         if rt.rank == failed[0]:
-            print(f"[stage {rt.rank}] error: {errors[rt.rank]}", file=sys.stderr, flush=True)
+            print(f"[{rt.name}] error: {errors[rt.rank]}", file=sys.stderr, flush=True)
         raise Stop
     return result
 
@@ -63,25 +63,27 @@ def report(rt: Runtime, e: Exception, step: int, waiting_on: int | None, history
     the peer died without a word (killed, out of memory). `waiting_on` is the
     peer of the transfer that was left unfinished, if any.
     """
-    k = rt.rank
+    k, me = rt.rank, rt.name
     where = f"at step {step}"
     lost = isinstance(e, torch.distributed.DistError) or "Connection" in str(e) or "Timed out" in str(e)
     if lost:
-        who = f"stage {waiting_on}" if waiting_on is not None else "a peer"
-        mine = f"stage {k}: lost {who} {where}"
+        who = "a peer"
+        if waiting_on is not None:
+            who = f"stage {waiting_on}" + (f" replica {rt.replica}" if rt.replicas > 1 else "")
+        mine = f"{me}: lost {who} {where}"
         held = rt.record("failure", mine, timeout_s=RECORD_TIMEOUT_S)
         # An unreachable store means its host is the rank that died or froze (a plain
         # launch: rank 0 serves it): then its lowest neighbour speaks for everyone.
         speak = held == mine or (held is None and k == (1 if rt.store_host == 0 else 0))
         if speak:
-            print(f"[stage {k}] error: {who} failed or stopped responding {where} "
+            print(f"[{me}] error: {who} failed or stopped responding {where} "
                   f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); stopping", file=sys.stderr, flush=True)
         return
-    rt.record("failure", f"stage {k}: {e}", timeout_s=RECORD_TIMEOUT_S)
+    rt.record("failure", f"{me}: {e}", timeout_s=RECORD_TIMEOUT_S)
     if isinstance(e, (FRError, NonFinite)):
-        print(f"[stage {k}] error: {e}; the last complete checkpoint is kept in {checkpoints}",
+        print(f"[{me}] error: {e}; the last complete checkpoint is kept in {checkpoints}",
               file=sys.stderr, flush=True)
     else:  # a bug: show where, and the schedule around the failing action
-        print(f"[stage {k}] internal error {where}: {e}\n[stage {k}] last actions: "
+        print(f"[{me}] internal error {where}: {e}\n[{me}] last actions: "
               f"{' '.join(map(str, history))}", file=sys.stderr, flush=True)
         traceback.print_exc()

@@ -27,15 +27,46 @@ RECORD_TIMEOUT_S = 1.0
 
 @dataclass
 class Runtime:
+    """This rank's place in the job: global rank, its stage and replica, and the groups it talks in.
+
+    Layout (docs/DESIGN.md): rank = stage * replicas + replica, so the replicas of a
+    stage sit on neighbouring ranks (their gradient all-reduce stays inside a node)
+    and only stage boundaries cross nodes.
+    """
+
     rank: int
     world: int
     device: torch.device
     backend: str
-    control: "dist.ProcessGroup"  # gloo: metrics, shapes, errors
-    groups: dict  # (src, dst) -> process group for tensors sent from src to dst
+    control: "dist.ProcessGroup"  # gloo, every rank: metrics, shapes, errors
+    groups: dict  # (src stage, dst stage) -> process group of this replica's tensors from src to dst
     store: "dist.Store | None" = None  # the job's key-value store: failure records, the run directory
     attempt: str = "attempt_0"  # torchrun restart round
     store_host: int | None = None  # the rank whose process serves the store (None: torchrun's agent)
+    replicas: int = 1  # D data-parallel copies of the pipeline
+    data_parallel: "dist.ProcessGroup | None" = None  # the D ranks of this stage (None: D = 1)
+    stage_control: "dist.ProcessGroup | None" = None  # gloo, the same D ranks: small host-side sums
+
+    @property
+    def stage(self) -> int:
+        return self.rank // self.replicas
+
+    @property
+    def replica(self) -> int:
+        return self.rank % self.replicas
+
+    @property
+    def stages(self) -> int:
+        return self.world // self.replicas
+
+    @property
+    def name(self) -> str:
+        """How this rank names itself in messages."""
+        return f"stage {self.stage}" + (f" replica {self.replica}" if self.replicas > 1 else "")
+
+    def global_rank(self, stage: int) -> int:
+        """The rank of `stage` in this rank's replica."""
+        return stage * self.replicas + self.replica
 
     def record(self, key: str, value: str, per_attempt: bool = True, timeout_s: float | None = None) -> str | None:
         """Set `key` unless set already; the value that holds (None: store unreachable).
@@ -119,7 +150,7 @@ def make_deterministic() -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
-def init(timeout_s: float, device: torch.device, backend: str) -> Runtime:
+def init(timeout_s: float, device: torch.device, backend: str, replicas: int = 1) -> Runtime:
     """Join the job started by torchrun (or a single process without it) on `device` with `backend`."""
     single = "WORLD_SIZE" not in os.environ
     for key, default in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
@@ -158,11 +189,25 @@ def init(timeout_s: float, device: torch.device, backend: str) -> Runtime:
         dist.init_process_group("gloo", store=pg_store, rank=r, world_size=world, timeout=timeout)
         tensor_timeout = timeout
     control = dist.new_group(backend="gloo", timeout=timeout)
-    groups = {}
-    for k in range(world - 1):  # every rank creates every group, in the same order
-        groups[(k, k + 1)] = dist.new_group([k, k + 1], timeout=tensor_timeout)
-        groups[(k + 1, k)] = dist.new_group([k, k + 1], timeout=tensor_timeout)
-    return Runtime(r, world, device, backend, control, groups, store, attempt, None if agent else 0)
+    D, K = replicas, world // replicas
+    stage, replica = r // D, r % D
+    groups, data_parallel, stage_control = {}, None, None
+    for d in range(D):  # every rank creates every group, in the same order
+        for k in range(K - 1):
+            pair = [k * D + d, (k + 1) * D + d]
+            up = dist.new_group(pair, timeout=tensor_timeout)
+            down = dist.new_group(pair, timeout=tensor_timeout)
+            if d == replica:
+                groups[(k, k + 1)], groups[(k + 1, k)] = up, down
+    if D > 1:
+        for k in range(K):
+            ranks = [k * D + d for d in range(D)]
+            group = dist.new_group(ranks, timeout=tensor_timeout)
+            host = dist.new_group(ranks, backend="gloo", timeout=timeout)
+            if k == stage:
+                data_parallel, stage_control = group, host
+    return Runtime(r, world, device, backend, control, groups, store, attempt, None if agent else 0, D,
+                   data_parallel, stage_control)
 
 
 def shutdown(abort: bool = False) -> None:

@@ -29,8 +29,9 @@ class Link:
     """
 
     def __init__(self, name: str, group, peer: int, shape, dtype: torch.dtype, device: torch.device,
-                 staged: bool = False):
-        self.name, self.group, self.peer = name, group, peer
+                 staged: bool = False, peer_stage: int | None = None):
+        self.name, self.group, self.peer = name, group, peer  # peer: the neighbour's global rank
+        self.peer_stage = peer if peer_stage is None else peer_stage
         self.shape, self.dtype = torch.Size(shape), dtype
         self.buffer = torch.empty(self.shape, dtype=dtype, device=device)  # the payload where it is computed on
         pin = staged and torch.cuda.is_available()
@@ -135,12 +136,12 @@ def negotiate_shapes(rt: Runtime, first_input, output_spec_of) -> tuple:
     `first_input` is stage 0's input (shape, dtype); `output_spec_of(spec)` gives
     this stage's output spec for an input spec. Returns (input spec, output spec).
     """
-    if rt.rank == 0:
+    if rt.stage == 0:
         box = [first_input]
     else:
         box = [None]
-        dist.recv_object_list(box, src=rt.rank - 1, group=rt.control)
+        dist.recv_object_list(box, src=rt.global_rank(rt.stage - 1), group=rt.control)
     out = output_spec_of(box[0])
-    if rt.rank < rt.world - 1:
-        dist.send_object_list([out], dst=rt.rank + 1, group=rt.control)
+    if rt.stage < rt.stages - 1:
+        dist.send_object_list([out], dst=rt.global_rank(rt.stage + 1), group=rt.control)
     return box[0], out

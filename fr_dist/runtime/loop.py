@@ -18,6 +18,7 @@ import torch.distributed as tdist
 from fr_dist.runtime import diagnostic
 from fr_dist.runtime.actions import eval_schedule, settle
 from fr_dist.runtime.failures import NonFinite, Preempted
+from fr_dist.runtime.replicas import average_statistics, sum_over
 from fr_dist.runtime.resume import save
 from fr_dist.runtime.state import Plan, Progress, Stage
 
@@ -25,15 +26,21 @@ PREEMPT_CHECK_EVERY = 10  # iterations between (non-blocking) checks for SIGTERM
 
 
 def evaluate(plan: Plan, stage: Stage, progress: Progress, reporter, step: int) -> None:
-    """Forward the whole test set through the pipeline with the current weights."""
+    """Forward the whole test set through the pipelines with the current weights.
+
+    Replica d scores every D-th test batch; the counts are summed, so every test
+    sample is counted once.
+    """
     rt, engine = stage.rt, stage.engine
     engine.timed = False  # busy_frac is about training
     try:
-        for e in range(plan.test_batches):
-            engine.run(eval_schedule(rt.rank, rt.world, e))
+        for e in range(rt.replica, plan.test_batches, rt.replicas):
+            engine.run(eval_schedule(rt.stage, rt.stages, e))
     finally:
         engine.timed = True
     correct = engine.take_correct()
+    if rt.replicas > 1 and stage.last:
+        correct = int(sum_over(torch.tensor([correct]), rt.stage_control))
     if reporter:
         progress.test_acc = correct / plan.test_size
         progress.best_test_acc = max(progress.best_test_acc, progress.test_acc)
@@ -45,7 +52,7 @@ def train_iteration(c, plan: Plan, stage: Stage, t: int, reporter) -> None:
     """Iteration t of this rank: its schedule on the engine (with the diagnostic's passes when due),
     or one batch of the pipelining runner."""
     rt, engine = stage.rt, stage.engine
-    k, K = rt.rank, rt.world
+    k, K = rt.stage, rt.stages
     if stage.pipeline is not None:
         stage.pipeline.train_step(t)
         return
@@ -65,7 +72,7 @@ def run(c, plan: Plan, stage: Stage, progress: Progress, reporter, start: int) -
     from tqdm import tqdm
 
     rt, algo = stage.rt, plan.algo
-    k, K, T = rt.rank, rt.world, plan.T
+    k, K, T = rt.stage, rt.stages, plan.T
     term = {"flag": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: term.update(flag=True))
     vote = None  # (iteration it decides at, async all-reduce work, flag tensor)
@@ -79,7 +86,7 @@ def run(c, plan: Plan, stage: Stage, progress: Progress, reporter, start: int) -
             train_iteration(c, plan, stage, t, reporter)
             progress.train_s += time.perf_counter() - began - (stage.engine.diag_s - diag_s)
             step = t + 1
-            if reporter and t < T:
+            if stage.last and t < T:  # every replica of the last stage: the logged loss is their mean
                 bar.update(1)
                 if step % c.log_every == 0 or step == T:
                     window = log(c, plan, stage, progress, reporter, step, bar, window)
@@ -99,6 +106,8 @@ def run(c, plan: Plan, stage: Stage, progress: Progress, reporter, start: int) -
             if evaluating or saving:  # a cut: no transfer may stay unmatched while it lasts
                 stage.engine.run(settle(algo, k, K, t, T))
                 stage.engine.check_links()
+                if rt.replicas > 1:
+                    average_statistics(stage.module, rt.data_parallel, rt.replicas)
             if evaluating:
                 evaluate(plan, stage, progress, reporter, step)
             if saving:
@@ -110,6 +119,8 @@ def run(c, plan: Plan, stage: Stage, progress: Progress, reporter, start: int) -
             vote[1].wait()
         stage.engine.close()
         bar.close()
+        if rt.replicas > 1:
+            average_statistics(stage.module, rt.data_parallel, rt.replicas)
         evaluate(plan, stage, progress, reporter, T)  # after the drain: every batch applied
         check_finite(stage, T)
         save(plan, stage, progress, c.ckpt_keep, T, finished=True)
@@ -120,17 +131,21 @@ def run(c, plan: Plan, stage: Stage, progress: Progress, reporter, start: int) -
 
 def log(c, plan: Plan, stage: Stage, progress: Progress, reporter, step: int, bar, window):
     """One metrics row from the losses since the last row (one device sync); the next row's window."""
-    losses = torch.stack(stage.take_losses()).tolist()
+    losses = torch.stack(stage.take_losses())
+    if stage.rt.replicas > 1:
+        losses = sum_over(losses, stage.rt.stage_control) / stage.rt.replicas
+    losses = losses.tolist()
     progress.recent.extend(losses)
     loss = sum(losses) / len(losses)
     if not math.isfinite(loss):
         raise NonFinite(f"non-finite training loss ({loss}) at step {step}")
     now = time.perf_counter()
-    rate = (step - window[1]) * c.batch_size / max(now - window[0], 1e-9)
+    rate = (step - window[1]) * c.batch_size * stage.rt.replicas / max(now - window[0], 1e-9)  # the global batch
     lr = stage.lr_of(step - 1)
-    reporter.log({"step": step, "epoch": step / plan.steps_per_epoch, "loss": loss, "lr": lr,
-                  "samples_per_s": rate, "time_s": round(progress.train_s, 3)})
-    bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.4g}")
+    if reporter:
+        reporter.log({"step": step, "epoch": step / plan.steps_per_epoch, "loss": loss, "lr": lr,
+                      "samples_per_s": rate, "time_s": round(progress.train_s, 3)})
+        bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.4g}")
     return now, step
 
 

@@ -66,9 +66,10 @@ class Reporter:
 
 def stage_figures(stage, plan, progress) -> dict:
     """This stage's row of summary.json's `stages` list."""
-    k = stage.rt.rank
+    k = stage.rt.stage
     worker = stage.pipeline or stage.engine.worker
-    row = {"rank": k, "blocks": list(range(plan.cuts[k], plan.cuts[k + 1])),
+    row = {"rank": stage.rt.rank, "stage": k, "replica": stage.rt.replica,
+           "blocks": list(range(plan.cuts[k], plan.cuts[k + 1])),
            "params": sum(p.numel() for p in stage.module.parameters()),
            "busy_frac": round(stage.busy_s / max(progress.train_s, 1e-9), 4),
            "peak_mem_bytes": worker.peak_mem_bytes}

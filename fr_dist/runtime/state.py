@@ -44,7 +44,7 @@ class Stage:
 
     @property
     def last(self) -> bool:
-        return self.rt.rank == self.rt.world - 1
+        return self.rt.stage == self.rt.stages - 1
 
     @property
     def busy_s(self) -> float:

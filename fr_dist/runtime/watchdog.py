@@ -39,7 +39,7 @@ class Watchdog:
             while watch and all(w.is_completed() for w in watch[0][1]):
                 watch.popleft()
             if watch and now - watch[0][0] > self.timeout_s:
-                return link.peer
+                return link.peer_stage
         return None
 
     def _watch(self) -> None:

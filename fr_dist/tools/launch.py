@@ -15,7 +15,7 @@ directory; a failed point becomes a row of the results and the sweep goes on:
 The sweep ends with results.csv and results.md in the sweep directory (one row per point,
 from each point's summary.json) and exits 1 if any point failed.
 
-The number of processes follows `splits`. Unlike bare torchrun, a failure ends
+The number of processes is `splits` x `replicas`. Unlike bare torchrun, a failure ends
 with the failing rank's one-line message: torchrun's own report is not printed.
 Configuration errors are found before anything starts: one line `[launch] error: ...`, exit 1.
 """
@@ -39,15 +39,15 @@ COLUMNS = ["point", "algo", "splits", "seed", "status", "test_acc", "final_train
 _exit_code = 0  # of the job or sweep run through Hydra, set by _task / SweepResults
 
 
-def run_job(overrides: list[str], splits: int) -> int:
-    """Run `python -m fr_dist.train OVERRIDES` on `splits` local processes; its exit code."""
+def run_job(overrides: list[str], processes: int) -> int:
+    """Run `python -m fr_dist.train OVERRIDES` on `processes` local processes; its exit code."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the trainer sets threads_per_rank itself
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    args = parse_args(["--standalone", f"--nproc_per_node={splits}", "--module", "fr_dist.train", *overrides])
+    args = parse_args(["--standalone", f"--nproc_per_node={processes}", "--module", "fr_dist.train", *overrides])
     try:
         run(args)
     except ChildFailedError:
@@ -64,12 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         return hydra_main(argv)
     try:
         raw = compose([o for o in argv if not o.startswith("hydra.")])
-        splits = int(raw.splits)
-        validate(raw, world_size=splits)
+        c = _validate(raw)
     except (FRError, ValueError) as e:
         print(f"[launch] error: {one_line(str(e))}", file=sys.stderr)
         return 1
-    return run_job(argv, splits)
+    return run_job(argv, c.splits * c.replicas)
 
 
 # ---------------------------------------------------------------------------------------
@@ -144,11 +143,14 @@ def check_points(argv: list[str]) -> None:
 
 
 def _validate(cfg):
-    try:
-        splits = int(cfg.splits)
-    except Exception as e:
-        raise FRError(f"bad configuration: splits: {e}") from None
-    return validate(cfg, world_size=splits)
+    """The config checked for a job of splits x replicas processes (the launcher starts them all)."""
+    world = 1
+    for key in ("splits", "replicas"):
+        try:
+            world *= int(cfg.get(key, 1))
+        except Exception:
+            raise FRError(f"bad configuration: {key}={cfg.get(key)!r} must be a positive integer") from None
+    return validate(cfg, world_size=world)
 
 
 def _quote(value: str) -> str:
@@ -171,7 +173,7 @@ def _task(cfg) -> None:
             print(f"[launch] error: {e}", file=sys.stderr)
             _exit_code = 1
             return
-        _exit_code = run_job([*overrides, f"hydra.run.dir={hc.runtime.output_dir}"], c.splits)
+        _exit_code = run_job([*overrides, f"hydra.run.dir={hc.runtime.output_dir}"], c.splits * c.replicas)
         return
     run_point(cfg, overrides, Path(hc.runtime.output_dir), Path(hc.sweep.dir), int(hc.job.num))
 

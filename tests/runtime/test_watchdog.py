@@ -18,7 +18,7 @@ class Work:
 
 class FakeLink:
     def __init__(self, peer: int, entries):
-        self.peer, self.watch = peer, deque(entries)
+        self.peer_stage, self.watch = peer, deque(entries)
 
 
 def test_overdue_names_the_peer_of_the_oldest_unfinished_transfer():
