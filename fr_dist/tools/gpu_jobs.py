@@ -257,12 +257,21 @@ def plain_loop(overrides: list[str], device: str, threads: int) -> dict:
             "final_loss": loss.item()}
 
 
-def steady_rate(job: dict, batch_size: int) -> float | None:
-    """Samples/s over a job's metrics rows after the first (its window holds the first iterations)."""
+def steady_rate(job: dict) -> float | None:
+    """Samples/s of a job's metrics windows after the first, which holds the first iterations.
+
+    A row's samples_per_s covers the wall clock from the previous row to this one, each
+    taken after the row's device sync (runtime/loop.py `log`): on a GPU it counts the work
+    still queued, which summary.json's training time leaves out. The windows are combined
+    as total samples over total time.
+    """
     rows = job.get("rows") or []
-    if len(rows) < 2 or rows[-1]["time_s"] <= rows[0]["time_s"]:
+    windows = [(b["step"] - a["step"], b["samples_per_s"]) for a, b in zip(rows, rows[1:])
+               if b.get("samples_per_s") and b["step"] > a["step"]]
+    if not windows:
         return None
-    return round((rows[-1]["step"] - rows[0]["step"]) * batch_size / (rows[-1]["time_s"] - rows[0]["time_s"]), 2)
+    steps = sum(n for n, _ in windows)
+    return round(steps / sum(n / rate for n, rate in windows), 2)  # n steps at rate r last n * B / r s
 
 
 def refusal(overrides: list[str], key: str) -> tuple[str, str] | None:
@@ -284,6 +293,8 @@ def plain_loop_in_process(overrides: list[str], device: str, threads: int, out: 
                           env: dict | None = None) -> dict:
     """`plain_loop` in a fresh Python process (cold, like a job); its result or {"error": ...}."""
     args = json.dumps({"overrides": overrides, "device": device, "threads": threads, "out": str(out)})
+    env = dict(os.environ if env is None else env)
+    env.setdefault("OMP_NUM_THREADS", "1")  # as fr_dist.launch starts a rank, which then sets its threads
     rc = run_capped([sys.executable, "-m", "fr_dist.tools.gpu_jobs", args], out.with_suffix(".log"), timeout, env)
     if rc == 0 and out.exists():
         return json.loads(out.read_text())

@@ -42,6 +42,7 @@ def test_cpu_check_passes_every_cpu_part(tmp_path):
     assert overhead["ok"] is None  # measured: the 3% goal is for a GPU
     assert overhead["trainer_samples_per_s"] > 0 and overhead["plain_samples_per_s"] > 0
     assert overhead["overhead"] == round(1 - overhead["trainer_samples_per_s"] / overhead["plain_samples_per_s"], 4)
+    assert overhead["summary_samples_per_s"] > 0 and overhead["plain_all_steps_samples_per_s"] > 0
     assert "| staged | FR K=2 equals the CPU simulator | pass |" in proc.stdout
     assert all(p.get("seconds", 0) <= p.get("cap_s", 0) + 3 for p in parts.values())
 
