@@ -49,7 +49,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def gpu_env() -> dict:
-    """The environment for a GPU test's subprocesses: the machine's GPUs visible again."""
+    """The environment for a GPU test's subprocesses: the machine's GPUs visible again (copy it to change it)."""
     return _machine_env()

@@ -27,11 +27,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_ranks(K: int, overrides: list[str], world: int | None = None) -> list[subprocess.Popen]:
-    """Start `world` (default K) ranks with `splits=K` and `overrides`."""
+def start_ranks(K: int, overrides: list[str], world: int | None = None,
+                env: dict | None = None) -> list[subprocess.Popen]:
+    """Start `world` (default K) ranks with `splits=K` and `overrides`, in `env` (default this process's)."""
     world = K if world is None else world
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(world),
-               OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    env = dict(os.environ if env is None else env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+               WORLD_SIZE=str(world), OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "fr_dist.train", f"splits={K}", "progress=false", *overrides]
     return [
         subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
@@ -40,7 +41,8 @@ def start_ranks(K: int, overrides: list[str], world: int | None = None) -> list[
     ]
 
 
-def run_ranks(K: int, overrides: list[str], timeout: float = 180, world: int | None = None) -> list[Rank]:
+def run_ranks(K: int, overrides: list[str], timeout: float = 180, world: int | None = None,
+              env: dict | None = None) -> list[Rank]:
     """Run `world` (default K) ranks with `splits=K` and `overrides`; wait for all.
 
     Raises AssertionError if any rank is still running after `timeout` (a hang).
@@ -48,7 +50,7 @@ def run_ranks(K: int, overrides: list[str], timeout: float = 180, world: int | N
     it in between (a busy machine): then the ranks are started again on a new port.
     """
     for attempt in range(3):
-        results = collect(start_ranks(K, overrides, world), timeout)
+        results = collect(start_ranks(K, overrides, world, env), timeout)
         if not any("MASTER_PORT" in r.err and "is in use" in r.err for r in results):
             break
     return results

@@ -63,12 +63,12 @@ def reference(K: int, overrides: list[str]):
     return [s.state_dict() for s in stages], losses
 
 
-def distributed(K: int, overrides: list[str], run_dir):
-    ranks = run_ranks(K, [*overrides, f"hydra.run.dir={run_dir}"])
+def distributed(K: int, overrides: list[str], run_dir, env: dict | None = None):
+    ranks = run_ranks(K, [*overrides, f"hydra.run.dir={run_dir}"], env=env)
     for r, rank in enumerate(ranks):
         assert rank.returncode == 0, f"rank {r} failed:\n{rank.err[-3000:]}"
     final = checkpoint.latest(run_dir)
-    states = [torch.load(final / f"stage{k}.pt", weights_only=False)["model"] for k in range(K)]
+    states = [torch.load(final / f"stage{k}.pt", map_location="cpu", weights_only=False)["model"] for k in range(K)]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run_dir / "summary.json").read_text())
     return states, [r["loss"] for r in rows if "loss" in r], summary
