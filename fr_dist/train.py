@@ -8,41 +8,23 @@ docs/DESIGN.md describes the schedule, the processes and the contracts.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed
 
 from fr_dist.build import build
-from fr_dist.config import Config, compose, validate
+from fr_dist.compose import compose
+from fr_dist.config import Config, validate
 from fr_dist.errors import FRError
 from fr_dist.runtime import groups, loop
 from fr_dist.runtime.failures import Preempted, Stop, report
-from fr_dist.runtime.metrics import stage_figures
+from fr_dist.runtime.metrics import git_revision, stage_figures
 from fr_dist.runtime.resume import resume
 from fr_dist.runtime.state import Progress
 from fr_dist.runtime.watchdog import Watchdog
-
-
-def git_revision() -> str:
-    """The checkout's revision when fr_dist runs from one, else the installed version."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "--short", "HEAD"], cwd=root,
-                             capture_output=True, text=True, timeout=5).stdout.split()
-        if len(out) == 2 and Path(out[0]).resolve() == root:  # not another repository around an install
-            return out[1]
-    except OSError:
-        pass
-    try:
-        return importlib.metadata.version("fr_dist")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

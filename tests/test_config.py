@@ -7,7 +7,8 @@ import re
 import pytest
 
 from fr_dist import FRError
-from fr_dist.config import CONF_DIR, compose, validate
+from fr_dist.compose import CONF_DIR, compose
+from fr_dist.config import validate
 from fr_dist.optim import make_lr
 
 E = re.escape  # a message expected word for word

@@ -74,9 +74,9 @@ def test_wheel_carries_every_config_and_module(installed):
 
 def test_installed_copy_is_what_runs(installed):
     _, target, _ = installed
-    proc = run(installed, "-c", "import json, fr_dist.config, fr_dist.train, fr_dist.tools.launch as l; "
+    proc = run(installed, "-c", "import json, fr_dist.compose, fr_dist.train, fr_dist.tools.launch as l; "
                                 "print(json.dumps([fr_dist.__file__, fr_dist.train.__file__, l.__file__, "
-                                "str(fr_dist.config.CONF_DIR)]))")
+                                "str(fr_dist.compose.CONF_DIR)]))")
     assert proc.returncode == 0, proc.stderr[-2000:]
     package, train, launch, conf = json.loads(proc.stdout)
     installed_package = target.resolve() / "fr_dist"

@@ -48,69 +48,11 @@ from fr_dist.algos.base import Worker
 from fr_dist.config import check_microbatches
 from fr_dist.optim import set_lr
 from fr_dist.runtime.actions import Action
-from fr_dist.runtime.memory import saved_storages
+from fr_dist.runtime.memory import StashMeter, saved_storages
 
 # torch.distributed.pipelining is imported on first use: it pulls in dynamo and
 # DTensor (seconds of start-up) that the other algorithms never need.
 SCHEDULES = ("gpipe", "1f1b")
-
-
-class _StashMeter:
-    """Bytes of activations held per micro-batch between its forward and its backward.
-
-    A micro-batch holds its input, its output and what its graph saved for
-    backward (unique storages seen by ``saved_tensors_hooks``; parameters and
-    buffers excluded). The peak is the largest sum over micro-batches alive at
-    once, as the schedule interleaves them.
-    """
-
-    def __init__(self, module: nn.Module):
-        self.skip = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
-        self.live: dict[int, dict[int, int]] = {}
-        self.current: int | None = None
-        self.peak = 0
-        self.transient = 0  # a recomputed graph, held only during one backward (checkpoint)
-
-    def _entries(self) -> dict[int, int]:
-        return self.live.setdefault(self.current, {})
-
-    def total(self) -> int:
-        return sum(sum(e.values()) for e in self.live.values())
-
-    def hold(self, t: torch.Tensor, whole_storage: bool = False) -> None:
-        """Count a tensor the schedule keeps for the current micro-batch."""
-        if self.current is None:
-            return
-        ptr = t.untyped_storage().data_ptr()
-        size = t.untyped_storage().nbytes() if whole_storage else t.numel() * t.element_size()
-        self._entries().setdefault(ptr, size)
-
-    @contextmanager
-    def saving(self):
-        """Count what autograd saves inside the block for the current micro-batch."""
-        if self.current is None:
-            yield
-            return
-        entries = self._entries()
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            ptr = t.untyped_storage().data_ptr()
-            if ptr not in self.skip and ptr not in entries:
-                entries[ptr] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            yield
-
-    def update(self) -> None:
-        self.peak = max(self.peak, self.total())
-
-    def before_backward(self) -> None:
-        if self.transient:
-            self.peak = max(self.peak, self.total() + self.transient)
-
-    def release(self, mb: int) -> None:
-        self.live.pop(mb, None)
 
 
 @contextmanager
@@ -139,7 +81,7 @@ def _frozen_bn_stats(module: nn.Module):
 class _StageModule(nn.Module):
     """The stage's module as pipelining runs it: metered, optionally checkpointed."""
 
-    def __init__(self, inner: nn.Module, meter: _StashMeter, checkpoint: bool, out_dtype: torch.dtype | None = None):
+    def __init__(self, inner: nn.Module, meter: StashMeter, checkpoint: bool, out_dtype: torch.dtype | None = None):
         super().__init__()
         self.inner = inner
         self.meter = meter
@@ -168,7 +110,7 @@ def _pipelining():
     class MeteredStage(PipelineStage):
         """A PipelineStage that tells the meter which micro-batch runs and when it is released."""
 
-        meter: _StashMeter
+        meter: StashMeter
 
         def forward_one_chunk(self, fwd_chunk_id, args, kwargs=None, save_forward_output=True):
             self.meter.current = fwd_chunk_id
@@ -212,7 +154,7 @@ class PipeRunner:
             raise ValueError(f"specs must have the batch size {batch_size} first: {in_spec}, {out_spec}")
         mb = batch_size // M
         self.in_shape, self.in_dtype = (batch_size, *in_shape[1:]), in_dtype
-        self.meter = _StashMeter(module)
+        self.meter = StashMeter(module)
         if checkpoint:
             self.meter.transient = self._graph_bytes((mb, *in_shape[1:]), in_dtype)
         self.wrapped = _StageModule(module, self.meter, checkpoint, None if self.last else out_dtype)

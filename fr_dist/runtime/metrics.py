@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -87,3 +89,19 @@ def stage_figures(stage, plan, progress) -> dict:
 
         row["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(stage.rt.device)
     return row
+
+
+def git_revision() -> str:
+    """The checkout's revision when fr_dist runs from one, else the installed version."""
+    root = Path(__file__).resolve().parent.parent.parent  # fr_dist/runtime/metrics.py -> the checkout
+    try:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "--short", "HEAD"], cwd=root,
+                             capture_output=True, text=True, timeout=5).stdout.split()
+        if len(out) == 2 and Path(out[0]).resolve() == root:  # not another repository around an install
+            return out[1]
+    except OSError:
+        pass
+    try:
+        return importlib.metadata.version("fr_dist")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -15,7 +15,8 @@ import torch
 from omegaconf import OmegaConf
 
 from fr_dist import data as datasets
-from fr_dist.config import compose, validate
+from fr_dist.compose import compose
+from fr_dist.config import validate
 from fr_dist.errors import FRError
 from fr_dist.tools.export import find, merge, plain_model
 

@@ -128,7 +128,8 @@ def _inputs(K: int, overrides: list[str]):
     import torch.nn as nn
 
     from fr_dist import data as datasets
-    from fr_dist.config import compose, validate
+    from fr_dist.compose import compose
+    from fr_dist.config import validate
     from fr_dist.models import build_blocks
     from fr_dist.partition import stage_cuts
 
@@ -277,7 +278,8 @@ def steady_rate(job: dict) -> float | None:
 def refusal(overrides: list[str], key: str) -> tuple[str, str] | None:
     """How this fr_dist's config takes `overrides`: None (accepted), ("unknown", msg) when it has no
     `key`, ("refused", msg) for any other refusal."""
-    from fr_dist.config import compose, validate
+    from fr_dist.compose import compose
+    from fr_dist.config import validate
     from fr_dist.errors import FRError
 
     try:

@@ -31,8 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-from fr_dist.config import CONF_DIR, compose, one_line, validate
+from fr_dist.compose import CONF_DIR, compose, one_line
+from fr_dist.config import validate
 from fr_dist.errors import FRError
+
 ROWS_DIR = ".launch"  # in the sweep directory: one JSON row per finished point
 COLUMNS = ["point", "algo", "splits", "seed", "status", "test_acc", "final_train_loss", "samples_per_s",
            "wall_s", "peak_mem_bytes", "overrides"]

@@ -14,12 +14,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fr_dist.config import compose, validate
+from fr_dist.compose import compose
+from fr_dist.config import validate
 from fr_dist.errors import FRError
 from tests.algos.test_baselines import overrides_for, run_reference
 from tests.ranks import run_ranks
-from tests.support import (COMMON, MLP, assert_one_clear_error, assert_states_equal, distributed, reference,
-                           simulation_inputs)
+from tests.support import (
+    COMMON,
+    MLP,
+    assert_one_clear_error,
+    assert_states_equal,
+    distributed,
+    reference,
+    simulation_inputs,
+)
 
 COMPILE = ["compile=true"]
 

@@ -18,9 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fr_dist import FRError
+from tests import support
 from tests.algos import pipe_worker as W
 from tests.ranks import collect, free_port
-from tests import support
 from tests.support import COMMON, MLP, ROOT, distributed, simulation_inputs
 
 RTOL, ATOL = 1e-5, 1e-6  # what "close" means in the sensitivity check
@@ -145,12 +145,13 @@ def test_peak_memory(ranks):
 
 def test_checkpoint_leaves_batchnorm_statistics_alone():
     """The recompute in backward neither updates running statistics again nor changes gradients."""
-    from fr_dist.algos.pipe import _StageModule, _StashMeter
+    from fr_dist.algos.pipe import _StageModule
+    from fr_dist.runtime.memory import StashMeter
 
     def run(checkpoint: bool):
         torch.manual_seed(0)
         inner = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
-        wrapped = _StageModule(inner, _StashMeter(inner), checkpoint)
+        wrapped = _StageModule(inner, StashMeter(inner), checkpoint)
         x = torch.randn(10, 6, requires_grad=True)
         wrapped(x).square().sum().backward()
         wrapped(x + 1).sum().backward()

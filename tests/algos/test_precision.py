@@ -15,7 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fr_dist import reference as ref
-from fr_dist.config import compose, validate
+from fr_dist.compose import compose
+from fr_dist.config import validate
 from fr_dist.errors import FRError
 from tests.support import COMMON, MLP, RESNET8, assert_states_equal, distributed, reference, simulation_inputs
 

@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from fr_dist import FRError
-from fr_dist.config import compose, validate
+from fr_dist.compose import compose
+from fr_dist.config import validate
 from fr_dist.models import build_blocks
 from tests.ranks import run_ranks
 

@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fr_dist import data as datasets
-from fr_dist.config import compose, validate
+from fr_dist.compose import compose
+from fr_dist.config import validate
 from fr_dist.models import build_blocks
 from fr_dist.optim import make_lr
 

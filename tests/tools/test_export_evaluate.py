@@ -8,7 +8,8 @@ import json
 import torch
 
 from fr_dist import data as datasets
-from fr_dist.config import compose, validate
+from fr_dist.compose import compose
+from fr_dist.config import validate
 from fr_dist.runtime import checkpoint
 from fr_dist.tools import evaluate, export
 from tests.support import COMMON, MLP, distributed
