@@ -332,3 +332,25 @@ def format_scaling(rows: list[dict], title: str = "") -> str:
         lines.append(f"| {K} | {r['fr_cuts']} | {r['fr_s']:.3f} | {r['fr_speedup']:.2f}x | "
                      f"{r['ideal_speedup']:.2f}x | {r['mp_bp_s']:.3f} | {cell('gpipe')} | {cell('1f1b')} |")
     return "\n".join(lines) + "\n"
+
+
+def allreduce_seconds(nbytes: int, replicas: int, latency_s: float, bytes_per_s: float) -> float:
+    """A ring all-reduce of `nbytes` over `replicas` ranks: 2 (D-1) steps, each moving nbytes / D."""
+    D = replicas
+    return 0.0 if D <= 1 else 2 * (D - 1) * (latency_s + nbytes / D / bytes_per_s)
+
+
+def predict_replicas(costs, K: int, D: int, grad_bytes: list[int], latency_s: float, bytes_per_s: float,
+                     link_s=0.0, cuts=None) -> float:
+    """Seconds per global batch (D x batch_size samples) of FR with K stages x D replicas.
+
+    Each stage's all-reduce starts after it sent its input gradient and ends
+    before its step, so nothing hides it: a stage's compute per iteration grows
+    by it, and the period is the larger of the single pipeline's and the
+    slowest stage's compute plus its all-reduce. `grad_bytes[k]`: bytes of
+    stage k's gradients.
+    """
+    sim = simulate(costs, K, link_s, "fr", cuts=cuts)
+    slowest = max(b * sim.period + allreduce_seconds(n, D, latency_s, bytes_per_s)
+                  for b, n in zip(sim.busy, grad_bytes))
+    return max(sim.period, slowest)

@@ -89,3 +89,15 @@ def test_scaling_table_rows():
     assert rows[1]["fr_s"] == pytest.approx(21.0)
     assert rows[1]["fr_speedup"] == pytest.approx(36 / 21)
     assert all(r["fr_speedup"] <= r["K"] for r in rows)
+
+
+def test_replicas_add_the_exposed_all_reduce_by_hand():
+    from fr_dist.tools.simulate import allreduce_seconds, predict_replicas
+
+    assert allreduce_seconds(1000, 1, 1e-3, 1e6) == 0.0
+    # D = 4: 6 steps of 250 bytes at 1e6 B/s plus 1 ms each: 6 x 1.25 ms
+    assert allreduce_seconds(1000, 4, 1e-3, 1e6) == pytest.approx(6 * (1e-3 + 250e-6))
+    costs = [(1.0, 2.0)]  # one stage: period f + b = 3 s, busy the whole period
+    assert predict_replicas(costs, 1, 1, [4000], 0.0, 1e3) == pytest.approx(3.0)
+    # D = 2: 2 steps of 2000 bytes at 1e3 B/s = 4 s of all-reduce after the 3 s of compute
+    assert predict_replicas(costs, 1, 2, [4000], 0.0, 1e3) == pytest.approx(7.0)
