@@ -56,7 +56,11 @@ class Reporter:
         if self.wandb is not None:
             flat = {k: v for k, v in summary.items() if not isinstance(v, (list, dict))}
             for stage in summary.get("stages", []):  # per-stage figures, gathered from every rank
-                flat.update({f"stage{stage['rank']}/{k}": v for k, v in stage.items() if k not in ("rank", "blocks")})
+                name = f"stage{stage.get('stage', stage['rank'])}"
+                if summary.get("replicas", 1) > 1:
+                    name += f"_replica{stage['replica']}"
+                skip = ("rank", "stage", "replica", "blocks")
+                flat.update({f"{name}/{k}": v for k, v in stage.items() if k not in skip})
             self.wandb.summary.update(flat)
 
     def close(self) -> None:

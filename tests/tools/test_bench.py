@@ -61,8 +61,10 @@ def test_bench_report_on_fake_profile():
              "predicted_vs_bp1": 1.5,
              "predicted_s_per_iter": 12.0,
              "efficiency": 0.94, "busy_frac": [0.9, 0.7], "peak_mem_bytes": [2**21, 2**20]}]
-    scaling = {"resnet-fake": {"rows": scaling_table(costs, 0.0, range(1, 4))}}
+    replicas = [{"K": 2, "D": 2, "s_per_global_batch": 0.5, "samples_per_s": 64.0}]
+    scaling = {"resnet-fake": {"rows": scaling_table(costs, 0.0, range(1, 4)), "replicas": replicas}}
     text = report.report(out, rows, {"fr2": "FR K=2"}, {"FR K=2 / BP 1 thread": 1.4}, scaling, a)
+    assert "| 2 | 2 | 0.500 | 64 |" in text  # the predicted K x D row
     assert "| FR K=2 | 2 | 10.0 | 12.800 | 1.40x | 1.50x | 12.000 | 94% | 0.90/0.70 | 2/1 |" in text
     assert "FR K=2 / BP 1 thread 1.40x" in text and "1.64x BP" in text and "resnet-fake" in text
     assert "| 3 | [2, 4] |" in text

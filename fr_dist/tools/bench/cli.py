@@ -64,6 +64,28 @@ def parse(argv):
     return a
 
 
+def replica_rows(model: str, a, p, rows) -> list[dict]:
+    """FR's predicted throughput with K stages x D replicas (simulate.predict_replicas), the all-reduce
+    priced by the same loopback link model the profile uses."""
+    from fr_dist.partition.profile import link_model
+    from fr_dist.tools.bench.profiling import build
+    from fr_dist.tools.simulate import predict_replicas
+
+    link = link_model("cpu")
+    block_bytes = [4 * sum(q.numel() for q in b.parameters()) for b in build(model, a.shape)]
+    out = []
+    for row in rows:
+        K = row["K"]
+        if K not in (1, 2, 4):
+            continue
+        cuts = [0, *row["fr_cuts"], len(block_bytes)]
+        grad_bytes = [sum(block_bytes[i:j]) for i, j in zip(cuts, cuts[1:])]
+        for D in (1, 2, 4):
+            s = predict_replicas(p.costs, K, D, grad_bytes, link.latency_s, link.bytes_per_s, p.link_costs(), cuts)
+            out.append({"K": K, "D": D, "s_per_global_batch": s, "samples_per_s": D * a.batch_size / s})
+    return out
+
+
 def scaling(a) -> dict:
     """Step 4: the simulator's FR speedup for K = 1..8 on each of `a.scaling_models`, from their profiles."""
     from fr_dist.tools.simulate import scaling_table
@@ -72,7 +94,8 @@ def scaling(a) -> dict:
     for model in [m for m in a.scaling_models.split(",") if m]:
         print(f"[bench] profiling {model} for the predicted scaling", flush=True)
         p = profile(model, a.shape, a.batch_size, 1, 3)
-        out[model] = {"rows": scaling_table(p.costs, p.link_costs(), range(1, 9)), "costs": p.costs}
+        rows = scaling_table(p.costs, p.link_costs(), range(1, 9))
+        out[model] = {"rows": rows, "costs": p.costs, "replicas": replica_rows(model, a, p, rows)}
     return out
 
 

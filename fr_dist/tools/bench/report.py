@@ -127,6 +127,12 @@ def report(out, rows, labels, ratios, scaling, a, base_name="bp1") -> str:
     for model, s in scaling.items():
         lines += ["", format_scaling(s["rows"], f"Predicted scaling, {model} (simulator, profiled costs, best "
                                                 f"partitions; BP = one worker):")]
+        if s.get("replicas"):
+            lines += ["", f"Predicted FR with replicas, {model} (K stages x D replicas, a ring all-reduce per stage "
+                          f"on the loopback link model):", "", "| K | D | s per global batch | samples/s |",
+                      "|---|---|---|---|"]
+            lines += [f"| {r['K']} | {r['D']} | {r['s_per_global_batch']:.3f} | {r['samples_per_s']:.0f} |"
+                      for r in s["replicas"]]
     return "\n".join(lines)
 
 
