@@ -59,6 +59,26 @@ def backprop(model: nn.Module, batches, lr_of, make_optimizer, seed: int, precis
     return losses
 
 
+def gradient_accumulation(model: nn.Module, batches, lr_of, make_optimizer, M: int,
+                          precision: str = "fp32") -> list[float]:
+    """GPipe's and 1F1B's arithmetic in one process: per batch, cross_entropy / M backpropagated for each of
+    M equal micro-batches, one step with lr(batch). Returns each batch's loss (the sum over its micro-batches)."""
+    optimizer = make_optimizer(model.parameters())
+    out = []
+    for b, (x, y) in enumerate(batches):
+        losses = []
+        for xm, ym in zip(x.chunk(M), y.chunk(M)):
+            with _compute(precision):
+                loss = F.cross_entropy(model(xm), ym) / M
+                loss.backward()
+            losses.append(loss.detach())
+        _set_lr(optimizer, lr_of(b))
+        optimizer.step()
+        optimizer.zero_grad()
+        out.append(torch.stack(losses).sum().item())
+    return out
+
+
 def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int],
                     before_steps=None, precision: str = "fp32") -> list[float]:
     """Features Replay with K = len(stages) stages, simulated; returns the losses.

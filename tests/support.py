@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+import fr_dist.reference as simulators
 from fr_dist import data as datasets
 from fr_dist.build import stage_seed
 from fr_dist.compose import compose
@@ -96,3 +97,37 @@ def assert_one_clear_error(ranks, match: str):
 def program(algo, stage: int, K: int, T: int) -> list[str]:
     """A stage's schedule as printed actions, one string per iteration."""
     return [" ".join(map(str, algo.schedule(stage, K, t, T))) for t in range(algo.iterations(stage, K, T))]
+
+
+def synth_models(stages, c, in_shape) -> list[nn.Module]:
+    """DNI's default synthetic-gradient models, written out plainly: one zero layer per boundary."""
+    models, x = [], torch.zeros(c.batch_size, *in_shape)
+    with torch.no_grad():
+        for stage in stages[:-1]:
+            stage.eval()  # shape probe: no statistics, no RNG
+            x = stage(x)
+            stage.train()
+            m = nn.Conv2d(x.shape[1], x.shape[1], 3, padding=1) if x.dim() == 4 else nn.Linear(x.shape[1], x.shape[1])
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+            models.append(m)
+    return models
+
+
+def run_reference(algo: str, K: int, overrides: list[str]):
+    c, data, stages, batches, lr_of, make_optimizer, make_synth_optimizer, seeds = simulation_inputs(K, overrides)
+    torch.set_num_threads(1)  # the ranks run one thread each: same reduction order
+    if K == 1:
+        losses = simulators.backprop(stages[0], batches, lr_of, make_optimizer, seeds[0])
+    elif algo == "ddg":
+        losses = simulators.ddg(stages, batches, lr_of, make_optimizer, seeds)
+    elif algo == "dni":
+        losses = simulators.dni(stages, synth_models(stages, c, data.in_shape), batches, lr_of, make_optimizer,
+                               make_synth_optimizer, seeds)
+    elif algo == "fr":
+        losses = simulators.features_replay(stages, batches, lr_of, make_optimizer, seeds)
+    return [s.state_dict() for s in stages], losses
+
+
+def overrides_for(algo: str, model: str) -> list[str]:
+    return (MLP if model == "mlp" else RESNET8) + COMMON + [f"algo={algo}"]

@@ -9,45 +9,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fr_dist import reference
 from fr_dist.algos import ALGOS, ddg, dni, fr
 from fr_dist.config import DNIConfig
-from tests.support import COMMON, MLP, RESNET8, assert_states_equal, distributed, program
-from tests.support import simulation_inputs as setup
-
-
-def synth_models(stages, c, in_shape) -> list[nn.Module]:
-    """DNI's default synthetic-gradient models, written out plainly: one zero layer per boundary."""
-    models, x = [], torch.zeros(c.batch_size, *in_shape)
-    with torch.no_grad():
-        for stage in stages[:-1]:
-            stage.eval()  # shape probe: no statistics, no RNG
-            x = stage(x)
-            stage.train()
-            m = nn.Conv2d(x.shape[1], x.shape[1], 3, padding=1) if x.dim() == 4 else nn.Linear(x.shape[1], x.shape[1])
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
-            models.append(m)
-    return models
-
-
-def run_reference(algo: str, K: int, overrides: list[str]):
-    c, data, stages, batches, lr_of, make_optimizer, make_synth_optimizer, seeds = setup(K, overrides)
-    torch.set_num_threads(1)  # the ranks run one thread each: same reduction order
-    if K == 1:
-        losses = reference.backprop(stages[0], batches, lr_of, make_optimizer, seeds[0])
-    elif algo == "ddg":
-        losses = reference.ddg(stages, batches, lr_of, make_optimizer, seeds)
-    elif algo == "dni":
-        losses = reference.dni(stages, synth_models(stages, c, data.in_shape), batches, lr_of, make_optimizer,
-                               make_synth_optimizer, seeds)
-    elif algo == "fr":
-        losses = reference.features_replay(stages, batches, lr_of, make_optimizer, seeds)
-    return [s.state_dict() for s in stages], losses
-
-
-def overrides_for(algo: str, model: str) -> list[str]:
-    return (MLP if model == "mlp" else RESNET8) + COMMON + [f"algo={algo}"]
+from tests.support import (
+    assert_states_equal,
+    distributed,
+    overrides_for,
+    program,
+    run_reference,
+)
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fr_dist.compose import compose
 from fr_dist.config import validate
 from fr_dist.errors import FRError
-from tests.algos.test_baselines import overrides_for, run_reference
+from fr_dist.reference import gradient_accumulation
 from tests.ranks import run_ranks
 from tests.support import (
     COMMON,
@@ -25,7 +24,9 @@ from tests.support import (
     assert_one_clear_error,
     assert_states_equal,
     distributed,
+    overrides_for,
     reference,
+    run_reference,
     simulation_inputs,
 )
 
@@ -56,20 +57,8 @@ def test_warm_up_leaves_no_trace_gpipe(tmp_path, monkeypatch):
     overrides = MLP + COMMON + ["algo=gpipe", f"microbatches={M}", "model.dropout=0.0"]
     _, _, stages, batches, lr_of, make_optimizer, _, _ = simulation_inputs(K, overrides)
     model = torch.nn.Sequential(*stages)
-    optimizer = make_optimizer(model.parameters())
     torch.set_num_threads(1)
-    want_losses = []
-    for b, (x, y) in enumerate(batches):
-        losses = []
-        for xm, ym in zip(x.chunk(M), y.chunk(M)):
-            loss = F.cross_entropy(model(xm), ym) / M
-            loss.backward()
-            losses.append(loss.detach())
-        for group in optimizer.param_groups:
-            group["lr"] = lr_of(b)
-        optimizer.step()
-        optimizer.zero_grad()
-        want_losses.append(torch.stack(losses).sum().item())
+    want_losses = gradient_accumulation(model, batches, lr_of, make_optimizer, M)
     got_states, got_losses, summary = distributed(K, overrides + COMPILE, tmp_path)
     assert_states_equal(got_states, [s.state_dict() for s in stages])
     assert got_losses == want_losses

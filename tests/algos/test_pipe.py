@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fr_dist import FRError
+from fr_dist.reference import gradient_accumulation
 from tests import support
 from tests.algos import pipe_worker as W
 from tests.ranks import collect, free_port
@@ -182,20 +183,8 @@ def test_trainer_equals_gradient_accumulation(algo, K, M, tmp_path):
     overrides = MLP + COMMON + [f"algo={algo}", f"microbatches={M}", "model.dropout=0.0"]
     _, _, stages, batches, lr_of, make_optimizer, _, _ = simulation_inputs(K, overrides)
     model = nn.Sequential(*stages)
-    optimizer = make_optimizer(model.parameters())
     torch.set_num_threads(1)
-    want_losses = []
-    for b, (x, y) in enumerate(batches):
-        losses = []
-        for xm, ym in zip(x.chunk(M), y.chunk(M)):
-            loss = F.cross_entropy(model(xm), ym) / M
-            loss.backward()
-            losses.append(loss.detach())
-        for group in optimizer.param_groups:
-            group["lr"] = lr_of(b)
-        optimizer.step()
-        optimizer.zero_grad()
-        want_losses.append(torch.stack(losses).sum().item())
+    want_losses = gradient_accumulation(model, batches, lr_of, make_optimizer, M)
     got_states, got_losses, summary = distributed(K, overrides, tmp_path)
     support.assert_states_equal(got_states, [s.state_dict() for s in stages])
     assert got_losses == want_losses

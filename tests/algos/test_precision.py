@@ -12,12 +12,12 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from fr_dist import reference as ref
 from fr_dist.compose import compose
 from fr_dist.config import validate
 from fr_dist.errors import FRError
+from fr_dist.reference import gradient_accumulation
 from tests.support import COMMON, MLP, RESNET8, assert_states_equal, distributed, reference, simulation_inputs
 
 BF16 = ["precision=bf16"]
@@ -116,21 +116,8 @@ def test_bf16_gpipe_equals_gradient_accumulation_under_autocast(tmp_path):
     overrides = MLP + COMMON + ["algo=gpipe", f"microbatches={M}", "model.dropout=0.0"] + BF16
     _, _, stages, batches, lr_of, make_optimizer, _, _ = simulation_inputs(K, overrides)
     model = nn.Sequential(*stages)
-    optimizer = make_optimizer(model.parameters())
     torch.set_num_threads(1)
-    want_losses = []
-    for b, (x, y) in enumerate(batches):
-        losses = []
-        for xm, ym in zip(x.chunk(M), y.chunk(M)):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = F.cross_entropy(model(xm), ym) / M
-                loss.backward()
-            losses.append(loss.detach())
-        for group in optimizer.param_groups:
-            group["lr"] = lr_of(b)
-        optimizer.step()
-        optimizer.zero_grad()
-        want_losses.append(torch.stack(losses).sum().item())
+    want_losses = gradient_accumulation(model, batches, lr_of, make_optimizer, M, precision="bf16")
     got_states, got_losses, summary = distributed(K, overrides, tmp_path)
     assert_states_equal(got_states, [s.state_dict() for s in stages])
     assert got_losses == want_losses
