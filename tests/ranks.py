@@ -7,6 +7,7 @@ visible, which is what the failure tests need.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -72,3 +73,31 @@ def collect(procs: list[subprocess.Popen], timeout: float) -> list[Rank]:
                 p.kill()
                 p.wait()
     return results
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def metrics_rows(run_dir) -> int:
+    """Rows the reporting rank has written to metrics.jsonl so far."""
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def kill_during_training(procs: list[subprocess.Popen], run_dir, victim: int, sig=signal.SIGKILL):
+    """Send `sig` to rank `victim` once training logs 5 rows; every rank's (out, err) and the seconds until all ended."""
+    try:
+        wait_for(lambda: metrics_rows(run_dir) >= 5, 120, "training to start")
+        procs[victim].send_signal(sig)
+        started = time.monotonic()
+        results = [p.communicate(timeout=60) for p in procs]
+        return results, time.monotonic() - started
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()

@@ -18,7 +18,16 @@ from fr_dist.compose import compose
 from fr_dist.config import validate
 from fr_dist.errors import FRError
 from fr_dist.reference import gradient_accumulation
-from tests.support import COMMON, MLP, RESNET8, assert_states_equal, distributed, reference, simulation_inputs
+from tests.support import (
+    COMMON,
+    MLP,
+    RESNET8,
+    assert_states_equal,
+    distributed,
+    reference,
+    simulation_inputs,
+    synth_models,
+)
 
 BF16 = ["precision=bf16"]
 
@@ -69,21 +78,6 @@ def test_bf16_ring_buffers_hold_half_the_bytes(tmp_path):
     for k in (0, 1):  # the replay's graph on top of the ring, smaller in bf16 too
         assert bf16["stages"][k]["ring_bytes"] < bf16["stages"][k]["peak_mem_bytes"]
         assert bf16["stages"][k]["peak_mem_bytes"] < fp32["stages"][k]["peak_mem_bytes"]
-
-
-def synth_models(stages, c, in_shape) -> list[nn.Module]:
-    """DNI's default synthetic-gradient models, written out plainly: one zero layer per boundary."""
-    models, x = [], torch.zeros(c.batch_size, *in_shape)
-    with torch.no_grad():
-        for stage in stages[:-1]:
-            stage.eval()  # shape probe: no statistics, no RNG
-            x = stage(x)
-            stage.train()
-            m = nn.Linear(x.shape[1], x.shape[1])
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
-            models.append(m)
-    return models
 
 
 @pytest.mark.parametrize("algo", ["bp", "ddg", "dni"])

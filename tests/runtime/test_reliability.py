@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fr_dist.runtime import checkpoint
-from tests.ranks import free_port, run_ranks, start_ranks
+from tests.ranks import free_port, kill_during_training, metrics_rows, run_ranks, start_ranks, wait_for
 from tests.support import COMMON, MLP, RESNET8, ROOT, assert_states_equal, distributed
 
 
@@ -36,35 +36,13 @@ def test_resume_equals_uninterrupted(K, model, cut, tmp_path):
     assert summary["status"] == "ok"
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 LONG = ["model=mlp", "data.shape=[1,6,6]", "data.train_size=4096", "batch_size=16", "epochs=20", "log_every=1",
         "ckpt_every=20", "threads_per_rank=1", "fail_timeout_s=15"]
 
 
-def rows(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
 def test_killed_rank_ends_every_rank_with_one_message(tmp_path):
     procs = start_ranks(3, [*LONG, f"hydra.run.dir={tmp_path}"])
-    try:
-        wait_for(lambda: rows(tmp_path) >= 5, 120, "training to start")
-        procs[1].send_signal(signal.SIGKILL)
-        started = time.monotonic()
-        results = [p.communicate(timeout=60) for p in procs]
-        elapsed = time.monotonic() - started
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    results, elapsed = kill_during_training(procs, tmp_path, 1)
     assert elapsed < 15 + 10, f"survivors took {elapsed:.1f} s"
     assert [p.returncode != 0 for p in procs] == [True, True, True]
     messages = [line for r in (0, 2) for line in results[r][1].splitlines() if "error:" in line]
@@ -83,7 +61,7 @@ def test_frozen_rank_ends_every_other_rank_within_the_bound(victim, tmp_path):
     procs = start_ranks(3, [*LONG[:-1], f"fail_timeout_s={FREEZE_TIMEOUT_S}", f"hydra.run.dir={tmp_path}"])
     ended = {}
     try:
-        wait_for(lambda: rows(tmp_path) >= 5, 120, "training to start")
+        wait_for(lambda: metrics_rows(tmp_path) >= 5, 120, "training to start")
         procs[victim].send_signal(signal.SIGSTOP)
         started = time.monotonic()
         while len(ended) < 2 and time.monotonic() - started < 3 * FREEZE_TIMEOUT_S:
@@ -108,7 +86,7 @@ def test_sigterm_checkpoints_and_resume_finishes(tmp_path):
     overrides = [*LONG, "epochs=2", "data.train_size=1024", "ckpt_every=1000", f"hydra.run.dir={tmp_path}"]
     procs = start_ranks(2, overrides)
     try:
-        wait_for(lambda: rows(tmp_path) >= 3, 120, "training to start")
+        wait_for(lambda: metrics_rows(tmp_path) >= 3, 120, "training to start")
         for p in procs:
             p.send_signal(signal.SIGTERM)
         results = [p.communicate(timeout=60) for p in procs]

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from fr_dist.runtime import checkpoint
-from tests.ranks import collect, free_port, run_ranks, start_ranks
+from tests.ranks import collect, free_port, kill_during_training, run_ranks, start_ranks
 from tests.support import COMMON, ROOT, reference
 
 # No BatchNorm, dropout or augmentation: the replicas' average is then the big batch's mean.
@@ -105,19 +103,7 @@ def test_killed_rank_of_one_replica_ends_every_rank(tmp_path):
     long = ["model=mlp", "data.shape=[1,6,6]", "data.train_size=4096", "batch_size=16", "epochs=20", "log_every=1",
             "ckpt_every=0", "threads_per_rank=1", "fail_timeout_s=15", "replicas=2", f"hydra.run.dir={tmp_path}"]
     procs = start_ranks(2, long, world=4)
-    try:
-        deadline = time.monotonic() + 120
-        while not (tmp_path / "metrics.jsonl").exists() or len((tmp_path / "metrics.jsonl").read_text().splitlines()) < 5:
-            assert time.monotonic() < deadline, "training did not start"
-            time.sleep(0.2)
-        procs[3].send_signal(signal.SIGKILL)  # stage 1, replica 1
-        started = time.monotonic()
-        results = [p.communicate(timeout=60) for p in procs]
-        elapsed = time.monotonic() - started
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    results, elapsed = kill_during_training(procs, tmp_path, 3)  # stage 1, replica 1
     assert elapsed < 15 * 1.2, f"survivors took {elapsed:.1f} s"
     assert all(p.returncode != 0 for p in procs)
     messages = [line for out, err in results[:3] for line in err.splitlines() if "error:" in line]
