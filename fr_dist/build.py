@@ -71,7 +71,7 @@ def make_run_dir(rt: Runtime, run_dir: str | None) -> Path:
     return together(rt, create)
 
 
-def stage_blocks(rt: Runtime, c: Config, in_shape, classes: int) -> tuple[nn.Module, list[int]]:
+def stage_blocks(rt: Runtime, c: Config, in_shape, classes: int, tokens: bool) -> tuple[nn.Module, list[int]]:
     """This stage's blocks (built whole on every rank from the seed, for an identical init) and every cut."""
     def build():
         torch.manual_seed(c.seed)
@@ -90,12 +90,12 @@ def stage_blocks(rt: Runtime, c: Config, in_shape, classes: int) -> tuple[nn.Mod
 
     blocks, cuts = together(rt, build)
     if c.partition == "profiled":
-        cuts = profiled_cuts(rt, blocks, in_shape, c)
+        cuts = profiled_cuts(rt, blocks, in_shape, c, classes if tokens else None)
     k = rt.stage
     return nn.Sequential(*blocks[cuts[k]:cuts[k + 1]]).to(rt.device), cuts
 
 
-def profiled_cuts(rt: Runtime, blocks, in_shape, c: Config) -> list[int]:
+def profiled_cuts(rt: Runtime, blocks, in_shape, c: Config, vocab: int | None) -> list[int]:
     """Rank 0 times every block on its device and picks the boundaries; all ranks get them.
 
     It chooses the cuts that minimise the largest stage cost under the FR cost
@@ -108,7 +108,7 @@ def profiled_cuts(rt: Runtime, blocks, in_shape, c: Config) -> list[int]:
     if rt.rank == 0:
         for block in blocks:
             block.to(rt.device)
-        prof = profile_model(blocks, in_shape, c.batch_size, rt.device)
+        prof = profile_model(blocks, in_shape, c.batch_size, rt.device, vocab=vocab)
         links = prof.link_costs(rt.device)
         cuts = best(prof.costs, c.splits, links)
         costs = ", ".join(f"{x * 1e3:.1f}" for x in predicted_stage_costs(prof.costs, cuts, links))
@@ -180,16 +180,17 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
         return batches
 
     data = together(rt, load)
-    box = [(data.in_shape, data.classes, data.steps_per_epoch, data.test_batches, len(data.test_y))
+    box = [(data.in_shape, data.in_dtype, data.classes, data.steps_per_epoch, data.test_batches, data.tokens)
            if k == 0 else None]
     torch.distributed.broadcast_object_list(box, src=0, group=rt.control)
-    in_shape, classes, steps_per_epoch, test_batches, test_size = box[0]
+    in_shape, in_dtype, classes, steps_per_epoch, test_batches, tokens = box[0]
+    test_batches = min(test_batches, c.eval_batches or test_batches)
     if data is not None:
         data.pin = device.type == "cuda"
 
     together(rt, check_precision_device, c.precision, device)
     autocast = make_autocast(c.precision, device)
-    module, cuts = stage_blocks(rt, c, in_shape, classes)
+    module, cuts = stage_blocks(rt, c, in_shape, classes, tokens)
     torch.manual_seed(stage_seed(c.seed, k, rt.replica))
 
     def spec_of(spec):
@@ -198,8 +199,9 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
             out = output_spec(module, spec, device)
         return link_spec(out, c.precision) if k < K - 1 else out
 
-    # Stage 0's input is the data as loaded (fp32; its ring slots too): autocast casts it where an op wants bf16.
-    in_spec, out_spec = negotiate_shapes(rt, ((c.batch_size, *in_shape), torch.float32), spec_of)
+    # Stage 0's input is the data as loaded (fp32 features or int64 token ids; its ring slots too): autocast casts
+    # features where an op wants bf16.
+    in_spec, out_spec = negotiate_shapes(rt, ((c.batch_size, *in_shape), in_dtype), spec_of)
     if c.compile:  # after the probe, which runs rank after rank: the warm-up below compiles on all ranks at once
         compile_module(module)
 
@@ -222,7 +224,7 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
                                  c.microbatches, data, autocast)
     meta = {"format": FORMAT, "algo": name, "splits": K, "replicas": rt.replicas, "replica": rt.replica, "model": dict(c.model), "stage": k, "blocks": [cuts[k], cuts[k + 1]],
             "batch_size": c.batch_size, "steps": T, "in_shape": list(in_shape), "classes": classes}
-    plan = Plan(algo, T, steps_per_epoch, test_batches, test_size, cuts, path, meta)
+    plan = Plan(algo, T, steps_per_epoch, test_batches, cuts, path, meta, in_shape[-1] if tokens else 0)
     stage = Stage(rt, module, optimizer, engine, lr_of, pipeline)
     if c.compile:  # every graph compiled now, on every rank at once: none of it is training time
         stage.compile_s = together(rt, warm_up, plan, stage, c.diag_every > 0)

@@ -23,7 +23,7 @@ from fr_dist.checks import (
 )
 from fr_dist.errors import FRError
 
-DATASETS = ("synthetic", "fashion_mnist", "cifar10", "cifar100")
+DATASETS = ("synthetic", "fashion_mnist", "cifar10", "cifar100", "python_docs")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 PRECISIONS = ("fp32", "bf16")
 # Fixed bounds, the same on every rank: 1e5 threads cannot start, a timeout of 1e300 s overflows torch's.
@@ -39,7 +39,7 @@ class AlgoConfig:
 
 @dataclass
 class DNIConfig(AlgoConfig):
-    synth: str = "auto"  # synthetic-gradient model: auto (conv for 4-D features, linear for 2-D), conv, linear
+    synth: str = "auto"  # synthetic-gradient model: auto (conv for 4-D features, linear for 2-D/3-D), conv, linear
     synth_lr: Optional[float] = None  # SGD rate of the synthetic-gradient models (null: optim.lr)
     synth_hidden: Optional[int] = None  # width of a hidden layer (null: one zero-initialised layer)
 
@@ -65,6 +65,7 @@ class DataConfig:
     train_size: int = 2048  # synthetic only
     test_size: int = 512  # synthetic only
     augment: bool = False  # crop with padding 4 and horizontal flip (training only)
+    seq_len: int = 128  # text only (python_docs): tokens per window, at most model.block_size
 
 
 @dataclass
@@ -106,6 +107,8 @@ class Config:
     seed: int = 0
     threads_per_rank: Optional[int] = None  # null: cores / ranks
     eval_every: int = 1  # epochs between evaluations (the final one is after the drain)
+    eval_every_steps: Optional[int] = None  # also evaluate every N steps (null: only at epochs)
+    eval_batches: Optional[int] = None  # test batches scored per evaluation (null: the whole test set)
     log_every: int = 10  # steps between metrics rows
     microbatches: int = 4  # gpipe, 1f1b: micro-batches per batch (must divide batch_size)
     diag_every: int = 0  # steps between sufficient-direction measurements (0: off; fr, bp, ddg, dni)
@@ -181,14 +184,14 @@ def validate(cfg: DictConfig, world_size: int) -> Config:
     check_precision_and_compile(c)
     if c.data.name not in DATASETS:
         raise FRError(f"unknown data {c.data.name!r}: choose one of {', '.join(DATASETS)} (data=NAME)")
-    from fr_dist.data import check_options as check_data
+    from fr_dist.data import TEXT, check_options as check_data
     from fr_dist.models import check_options as check_model
     from fr_dist.models import feature_dims
 
     in_shape = check_data(c.data, c.batch_size)
     if not isinstance(c.model, dict) or not ("name" in c.model or "_target_" in c.model):
         raise FRError("model is not set: choose one with model=mlp, model=resnet20, ...")
-    check_model(c.model, in_shape)
+    check_model(c.model, in_shape, tokens=c.data.name in TEXT)
     if name == "dni":
         check_synth(c.algo.synth, feature_dims(c.model), c.model.get("name"))
     if c.threads_per_rank is None:
@@ -200,6 +203,9 @@ def _check_run(c: Config, world_size: int) -> None:
     for key in ("splits", "replicas", "epochs", "batch_size", "eval_every", "log_every", "microbatches", "ckpt_keep"):
         integer(key, getattr(c, key))
     integer("max_steps", c.max_steps, null=True)
+    integer("eval_every_steps", c.eval_every_steps, null=True, fix="set eval_every_steps=null (only at epochs) "
+            "or N > 0")
+    integer("eval_batches", c.eval_batches, null=True, fix="set eval_batches=null (the whole test set) or N > 0")
     integer("threads_per_rank", c.threads_per_rank, null=True, fix="set threads_per_rank=1 or more, or null "
             "(cores / ranks)")
     if (c.threads_per_rank or 0) > MAX_THREADS:
@@ -283,17 +289,18 @@ def _check_algo(c: Config) -> None:
 
 
 def check_synth(synth: str, dims: int | None, model) -> None:
-    """DNI's synthetic-gradient model fits the features a stage sends: conv (N, C, H, W), linear (N, D).
+    """DNI's synthetic-gradient model fits the features a stage sends: conv (N, C, H, W), linear (N, D) or
+    (N, T, D).
 
     validate checks the built-in models; build.py a user's model, once its link shapes are known.
     """
     kind = synth if synth != "auto" else "conv" if dims == 4 else "linear"
-    if dims is not None and dims != (4 if kind == "conv" else 2):
-        fix = ("set algo.synth=auto" if dims in (2, 4) else "DNI has no synthetic-gradient model for them: "
-               "send (N, C, H, W) or (N, D) features, or choose another algo")
+    if dims is not None and dims not in ((4,) if kind == "conv" else (2, 3)):
+        fix = ("set algo.synth=auto" if dims in (2, 3, 4) else "DNI has no synthetic-gradient model for them: "
+               "send (N, C, H, W), (N, D) or (N, T, D) features, or choose another algo")
         raise FRError(f"algo.synth={synth} makes a {kind} synthetic-gradient model, which needs "
-                      f"{'(N, C, H, W)' if kind == 'conv' else '(N, D)'} features, but model={model} sends "
-                      f"{dims}-D ones: {fix}")
+                      f"{'(N, C, H, W)' if kind == 'conv' else '(N, D) or (N, T, D)'} features, but model={model} "
+                      f"sends {dims}-D ones: {fix}")
 
 
 def _algo_option(key: str, value, names: list[str], algo: str) -> str:

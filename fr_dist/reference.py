@@ -21,6 +21,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross entropy over samples (N, C) or over every token of next-token logits (N, T, V)."""
+    if logits.dim() == 3:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    return F.cross_entropy(logits, y)
+
+
 def _set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -50,7 +57,7 @@ def backprop(model: nn.Module, batches, lr_of, make_optimizer, seed: int, precis
     losses = []
     for b, (x, y) in enumerate(batches):
         with _compute(precision):
-            loss = F.cross_entropy(model(x), y)
+            loss = _loss(model(x), y)
             loss.backward()
         _set_lr(optimizer, lr_of(b))
         optimizer.step()
@@ -69,7 +76,7 @@ def gradient_accumulation(model: nn.Module, batches, lr_of, make_optimizer, M: i
         losses = []
         for xm, ym in zip(x.chunk(M), y.chunk(M)):
             with _compute(precision):
-                loss = F.cross_entropy(model(xm), ym) / M
+                loss = _loss(model(xm), ym) / M
                 loss.backward()
             losses.append(loss.detach())
         _set_lr(optimizer, lr_of(b))
@@ -115,7 +122,7 @@ def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, see
             elif t < T:
                 x_in = x.detach().requires_grad_(k > 0)
                 with _compute(precision):
-                    loss = F.cross_entropy(stage(x_in), batches[t][1])
+                    loss = _loss(stage(x_in), batches[t][1])
                     loss.backward()
                 losses.append(loss.item())
                 if k > 0:
@@ -187,7 +194,7 @@ def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int
             elif t < T:
                 x_in = x.detach().requires_grad_(k > 0)
                 with _compute(precision):
-                    loss = F.cross_entropy(stage(x_in), batches[t][1])
+                    loss = _loss(stage(x_in), batches[t][1])
                     loss.backward()
                 losses.append(loss.item())
                 if k > 0:
@@ -255,7 +262,7 @@ def dni(stages: list[nn.Module], synth_models: list[nn.Module], batches, lr_of, 
                     x = _boundary(h.detach(), precision)
                 else:
                     with _compute(precision):
-                        loss = F.cross_entropy(stage(x_in), batches[t][1])
+                        loss = _loss(stage(x_in), batches[t][1])
                         loss.backward()
                     losses.append(loss.item())
                 if k > 0:

@@ -8,6 +8,7 @@ docs/DESIGN.md describes the schedule, the processes and the contracts.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -108,25 +109,36 @@ def train(c: Config, raw, rt: groups.Runtime, run_dir: str | None, overrides: li
             if summary["status"] != "running":
                 reporter.summary(summary)
             reporter.close()
+    samples_per_s = plan.T * c.batch_size * rt.replicas / max(progress.train_s, 1e-9)
     stages = [None] * rt.world
     torch.distributed.all_gather_object(stages, stage_figures(stage, plan, progress), group=rt.control)
     if reporter:
         summary.update({
             "steps": plan.T, "epochs": -(-plan.T // plan.steps_per_epoch),
             "final_train_loss": sum(progress.recent) / len(progress.recent) if progress.recent else None,
-            "test_acc": progress.test_acc, "best_test_acc": progress.best_test_acc,
-            "wall_s": round(time.perf_counter() - started, 3),
-            "samples_per_s": round(plan.T * c.batch_size * rt.replicas / max(progress.train_s, 1e-9), 2),
+            **scores(plan, progress), "wall_s": round(time.perf_counter() - started, 3),
+            "samples_per_s": round(samples_per_s, 2),
             "versions": {"torch": torch.__version__, "fr_dist": git_revision()},
             "device": rt.device.type, "precision": c.precision, "compile": c.compile,
             "compile_s": max((s.get("compile_s", 0.0) for s in stages), default=0.0),
             "threads_per_rank": c.threads_per_rank,
             "partition": plan.cuts[1:-1], "stages": stages,
         })
+        if plan.seq_len:
+            summary["tokens_per_s"] = round(samples_per_s * plan.seq_len, 1)
         reporter.summary(summary)
         reporter.close()
-        print(f"[{rt.name}] done: {plan.T} steps, test_acc {progress.test_acc:.4f}, "
-              f"{summary['samples_per_s']} samples/s; outputs in {plan.run_dir}", flush=True)
+        score = f"val_loss {progress.val_loss:.4f}" if plan.seq_len else f"test_acc {progress.test_acc:.4f}"
+        print(f"[{rt.name}] done: {plan.T} steps, {score}, {summary['samples_per_s']} samples/s; "
+              f"outputs in {plan.run_dir}", flush=True)
+
+
+def scores(plan, progress: Progress) -> dict:
+    """The evaluation's keys of summary.json: a language model's loss and perplexity per token, or accuracy."""
+    if plan.seq_len:
+        return {"val_loss": progress.val_loss, "val_ppl": math.exp(min(progress.val_loss, 700.0)),
+                "best_val_loss": progress.best_val_loss}
+    return {"test_acc": progress.test_acc, "best_test_acc": progress.best_test_acc}
 
 
 if __name__ == "__main__":

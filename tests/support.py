@@ -99,15 +99,16 @@ def program(algo, stage: int, K: int, T: int) -> list[str]:
     return [" ".join(map(str, algo.schedule(stage, K, t, T))) for t in range(algo.iterations(stage, K, T))]
 
 
-def synth_models(stages, c, in_shape) -> list[nn.Module]:
-    """DNI's default synthetic-gradient models, written out plainly: one zero layer per boundary."""
-    models, x = [], torch.zeros(c.batch_size, *in_shape)
+def synth_models(stages, c, in_shape, in_dtype=torch.float32) -> list[nn.Module]:
+    """DNI's default synthetic-gradient models, written out plainly: one zero layer per boundary (a linear one
+    acts on the last dimension: per position for (N, T, D) features)."""
+    models, x = [], torch.zeros(c.batch_size, *in_shape, dtype=in_dtype)
     with torch.no_grad():
         for stage in stages[:-1]:
             stage.eval()  # shape probe: no statistics, no RNG
             x = stage(x)
             stage.train()
-            m = nn.Conv2d(x.shape[1], x.shape[1], 3, padding=1) if x.dim() == 4 else nn.Linear(x.shape[1], x.shape[1])
+            m = nn.Conv2d(x.shape[1], x.shape[1], 3, padding=1) if x.dim() == 4 else nn.Linear(x.shape[-1], x.shape[-1])
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
             models.append(m)
@@ -122,7 +123,7 @@ def run_reference(algo: str, K: int, overrides: list[str]):
     elif algo == "ddg":
         losses = simulators.ddg(stages, batches, lr_of, make_optimizer, seeds)
     elif algo == "dni":
-        losses = simulators.dni(stages, synth_models(stages, c, data.in_shape), batches, lr_of, make_optimizer,
+        losses = simulators.dni(stages, synth_models(stages, c, data.in_shape, data.in_dtype), batches, lr_of, make_optimizer,
                                make_synth_optimizer, seeds)
     elif algo == "fr":
         losses = simulators.features_replay(stages, batches, lr_of, make_optimizer, seeds)
@@ -131,3 +132,25 @@ def run_reference(algo: str, K: int, overrides: list[str]):
 
 def overrides_for(algo: str, model: str) -> list[str]:
     return (MLP if model == "mlp" else RESNET8) + COMMON + [f"algo={algo}"]
+
+
+def write_corpus(root: Path, sizes=(150, 170, 100), seed: int = 0) -> Path:
+    """A tiny UTF-8 text corpus of len(sizes) files (sorted names: the last one is validation)."""
+    import random
+
+    rng = random.Random(seed)
+    words = "the quick brown fox jumps over a lazy dog while python imports its modules".split()
+    root.mkdir(parents=True, exist_ok=True)
+    for i, size in enumerate(sizes):
+        text = ""
+        while len(text) < size:
+            text += rng.choice(words) + rng.choice(" \n")
+        (root / f"doc{i}.txt").write_text(text[:size])
+    return root
+
+
+def gpt_overrides(corpus: Path) -> list[str]:
+    """A tiny GPT with dropout on a tiny corpus: 2 epochs of a few batches, crossing an evaluation."""
+    return [f"data=python_docs", f"data.data_root={corpus}", "data.seq_len=8", "model=gpt", "model.n_layer=2",
+            "model.n_embd=16", "model.n_head=2", "model.block_size=8", "model.dropout=0.1", "batch_size=4",
+            "epochs=2", "optim.nesterov=true"]

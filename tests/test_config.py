@@ -61,7 +61,7 @@ E = re.escape  # a message expected word for word
     (["model=resnet8", "+model.hidden=[3]"],
      E("model.hidden=[3] is not an option of model=resnet8 (its options: width)")),
     # Config groups set to null.
-    (["model=null"], E("model=null: model is a config group, not a value: choose one of custom, mlp,")),
+    (["model=null"], E("model=null: model is a config group, not a value: choose one of custom, gpt, mlp,")),
     (["algo=null"], E("algo=null: algo is a config group, not a value")),
     (["data=null"], E("(e.g. data=synthetic)")),
     # Ranges of run keys.
@@ -128,7 +128,7 @@ E = re.escape  # a message expected word for word
     (["algo=dni", "algo.synth=conv"], E("algo.synth=conv makes a conv synthetic-gradient model, which needs "
                                         "(N, C, H, W) features, but model=mlp sends 2-D ones: set algo.synth=auto")),
     (["algo=dni", "algo.synth=linear", "model=resnet8"], E("algo.synth=linear makes a linear synthetic-gradient "
-                                                           "model, which needs (N, D) features")),
+                                                           "model, which needs (N, D) or (N, T, D) features")),
     (["algo=1f1b", "diag_every=5"], E("diag_every needs a stage-wise update; algo=1f1b has none")),
     # Model options (models.check_options).
     (["model.hidden=[8,-1]"], E("model.hidden=[8,-1]: the element -1 must be a positive integer: "

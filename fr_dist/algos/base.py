@@ -15,8 +15,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-
+from fr_dist.models.objective import cross_entropy
 from fr_dist.optim import set_lr
 from fr_dist.runtime.memory import SavedBytes
 
@@ -41,10 +40,11 @@ class Worker:
         return self.graph_bytes.peak
 
     def loss(self, batch: int, x: torch.Tensor, y: torch.Tensor):
-        """Last stage: forward, cross-entropy, backward. Returns (loss, input grad)."""
+        """Last stage: forward, cross entropy (per token for a language model), backward. Returns (loss, input
+        grad)."""
         x = x.detach().requires_grad_(self.stage > 0)
         with self.graph_bytes(x):
-            loss = F.cross_entropy(self.module(x), y)
+            loss = cross_entropy(self.module(x), y)
         loss.backward()
         return loss.detach(), x.grad
 

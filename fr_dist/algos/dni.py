@@ -23,7 +23,7 @@ For K = 3 (F: forward, BL: synthetic backward+step, B: train M on batch's true g
 
 M_k defaults to one zero-initialised layer (so training starts with a zero
 synthetic gradient): Conv2d(C, C, 3, padding=1) for (N, C, H, W) features,
-Linear(D, D) for (N, D). Options (config.DNIConfig, conf/algo/dni.yaml):
+Linear(D, D) for (N, D), and for (N, T, D) (a transformer's) at every position. Options (config.DNIConfig, conf/algo/dni.yaml):
 `synth` (auto, conv, linear), `synth_lr` (default: the stage optimizer's lr),
 `synth_hidden` (a hidden layer of that width with ReLU; its first layer is
 initialised from a seed of its own, the output layer to zero). M_k is trained
@@ -80,9 +80,9 @@ def make_synth(shape, synth: str = "auto", hidden: int | None = None, seed: int 
         def layer(i, o):
             return nn.Conv2d(i, o, 3, padding=1)
     elif synth == "linear":
-        if len(shape) != 2:
-            raise ValueError(f"synth=linear needs (N, D) features, got shape {tuple(shape)}")
-        C = shape[1]
+        if len(shape) not in (2, 3):  # (N, T, D): the same map at every position, as a transformer's features
+            raise ValueError(f"synth=linear needs (N, D) or (N, T, D) features, got shape {tuple(shape)}")
+        C = shape[-1]
 
         def layer(i, o):
             return nn.Linear(i, o)

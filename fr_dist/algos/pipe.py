@@ -40,12 +40,12 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from fr_dist.algos.base import Worker
 from fr_dist.config import check_microbatches
+from fr_dist.models.objective import cross_entropy
 from fr_dist.optim import set_lr
 from fr_dist.runtime.actions import Action
 from fr_dist.runtime.memory import StashMeter, saved_storages
@@ -168,7 +168,7 @@ class PipeRunner:
 
         def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             with self.meter.saving():  # the loss graph waits for backward with its micro-batch
-                loss = F.cross_entropy(out, y) / M
+                loss = cross_entropy(out, y) / M
             self.meter.update()
             return loss
 

@@ -19,6 +19,7 @@ from fr_dist.errors import FRError
 # Input shape (C, H, W) of each real dataset; synthetic data takes data.shape.
 SHAPES = {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
 SYNTHETIC_ONLY = ("shape", "classes", "train_size", "test_size")
+TEXT = ("python_docs",)  # token datasets: inputs and labels are windows of byte ids (data/text.py)
 
 
 def check_options(data, batch_size: int) -> tuple[int, ...]:
@@ -28,12 +29,20 @@ def check_options(data, batch_size: int) -> tuple[int, ...]:
     """
     from fr_dist.config import DataConfig
 
+    default = DataConfig()
+    if data.name not in TEXT and data.seq_len != default.seq_len:
+        raise FRError(f"data.seq_len={show(data.seq_len)} applies to text data only ({', '.join(TEXT)}): "
+                      f"remove the override")
     if data.name != "synthetic":
-        default = DataConfig()
         for key in SYNTHETIC_ONLY:
             if getattr(data, key) != getattr(default, key):
                 raise FRError(f"data.{key}={show(getattr(data, key))} applies to data=synthetic only; "
                               f"data={data.name} has its own: remove the override")
+        if data.name in TEXT:
+            integer("data.seq_len", data.seq_len)
+            if data.augment:
+                raise FRError("data.augment=true crops and flips images; text has none: set data.augment=false")
+            return (data.seq_len,)
         return SHAPES[data.name]
     int_list("data.shape", data.shape, [3, 32, 32], empty=False)
     integer("data.classes", data.classes, low=2)
@@ -52,7 +61,7 @@ class Batches:
     """Training and test batches of one dataset, addressed by batch id."""
 
     def __init__(self, train_x, train_y, test_x, test_y, classes: int, batch_size: int, seed: int,
-                 mean=None, std=None, augment: bool = False):
+                 mean=None, std=None, augment: bool = False, tokens: bool = False):
         if len(train_y) < batch_size:
             raise FRError(
                 f"batch_size={batch_size} is larger than the {len(train_y)} training samples: "
@@ -60,6 +69,7 @@ class Batches:
             )
         self.train_x, self.train_y, self.test_x, self.test_y = train_x, train_y, test_x, test_y
         self.classes, self.batch_size, self.seed, self.augment = classes, batch_size, seed, augment
+        self.tokens = tokens  # inputs and labels are token ids (N, T): int64, no normalisation
         c = train_x.shape[1]
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) if mean else None
         self.std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1) if std else None
@@ -74,6 +84,11 @@ class Batches:
     @property
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
+
+    @property
+    def in_dtype(self) -> torch.dtype:
+        """What stage 0 gets: token ids, or float features."""
+        return torch.int64 if self.tokens else torch.float32
 
     def indices(self, batch: int) -> torch.Tensor:
         epoch, i = divmod(batch, self.steps_per_epoch)
@@ -94,6 +109,8 @@ class Batches:
         self.steps_per_epoch = len(self.train_y) // (replicas * self.batch_size)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tokens:
+            return x.long()
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         if self.mean is not None:
@@ -124,7 +141,7 @@ class Batches:
         return x.pin_memory() if self.pin else x
 
     def labels(self, batch: int) -> torch.Tensor:
-        return self.train_y[self.indices(batch)]
+        return self.train_y[self.indices(batch)].long()
 
     def test_inputs(self, e: int) -> torch.Tensor:
         """Test batch e, zero-padded to batch_size so that it fits the links."""
@@ -135,7 +152,7 @@ class Batches:
 
     def test_labels(self, e: int) -> torch.Tensor:
         """Labels of the real samples of test batch e (fewer than batch_size at the end)."""
-        return self.test_y[e * self.batch_size:(e + 1) * self.batch_size]
+        return self.test_y[e * self.batch_size:(e + 1) * self.batch_size].long()
 
 
 def load(data, batch_size: int, seed: int) -> Batches:
@@ -151,6 +168,13 @@ def load(data, batch_size: int, seed: int) -> Batches:
                           f"does not fit in memory ({reason(e)}): lower data.train_size, "
                           f"data.test_size or data.shape") from None
         return Batches(*tensors, data.classes, batch_size, seed, augment=data.augment)
+    if data.name in TEXT:
+        from fr_dist.data.text import VOCAB, read_corpus, windows
+
+        check_options(data, batch_size)
+        train, val = read_corpus(data.data_root)
+        return Batches(*windows(train, data.seq_len), *windows(val, data.seq_len), VOCAB, batch_size, seed,
+                       tokens=True)
     if data.name == "fashion_mnist":
         from fr_dist.data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
 

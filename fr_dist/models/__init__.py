@@ -9,26 +9,32 @@ import torch.nn as nn
 
 from fr_dist.checks import int_list, integer, probability, reason, show
 from fr_dist.errors import FRError
+from fr_dist.models.gpt import gpt_blocks
 from fr_dist.models.mlp import mlp_blocks
 from fr_dist.models.resnet import RESNET_DEPTHS, resnet_blocks
 
-MODELS = ("mlp",) + tuple(f"resnet{d}" for d in RESNET_DEPTHS)
+MODELS = ("mlp", "gpt") + tuple(f"resnet{d}" for d in RESNET_DEPTHS)
+BUILDERS = {"mlp": mlp_blocks, "gpt": gpt_blocks}  # the ResNets: resnet_blocks(depth, ...)
 
 # The checks of each built-in option (its keyword argument of mlp_blocks or resnet_blocks).
 OPTION_CHECKS = {
     "hidden": lambda v: int_list("model.hidden", v, [64, 64, 64]),
     "dropout": lambda v: probability("model.dropout", v, 0.1),
     "width": lambda v: integer("model.width", v),
+    "n_layer": lambda v: integer("model.n_layer", v),
+    "n_head": lambda v: integer("model.n_head", v),
+    "n_embd": lambda v: integer("model.n_embd", v),
+    "block_size": lambda v: integer("model.block_size", v),
 }
 
 
 def options(name: str) -> list[str]:
     """The keys model=NAME takes besides `name`: the keyword arguments of its builder."""
-    fn = mlp_blocks if name == "mlp" else resnet_blocks
+    fn = BUILDERS.get(name, resnet_blocks)
     return [p for p in inspect.signature(fn).parameters if p not in ("depth", "in_shape", "classes")]
 
 
-def check_options(model: dict, in_shape: tuple[int, ...]) -> None:
+def check_options(model: dict, in_shape: tuple[int, ...], tokens: bool = False) -> None:
     """Refuse a built-in model's unknown or bad options, or inputs it cannot take (config.validate calls it).
 
     A user's model (``_target_``) is checked when it is built.
@@ -46,9 +52,29 @@ def check_options(model: dict, in_shape: tuple[int, ...]) -> None:
             raise FRError(f"model.{key}={show(value)} is not an option of model={name} "
                           f"(its options: {', '.join(known)}): remove it")
         OPTION_CHECKS[key](value)
+    if name == "gpt":
+        _check_gpt(model, in_shape, tokens)
+        return
+    if tokens:
+        raise FRError(f"model={name} takes float features, but the data are token ids: use model=gpt for text")
     if name != "mlp" and len(in_shape) != 3:
         raise FRError(f"model={name} needs images (C, H, W), but the data's shape is {show(list(in_shape))}: "
                       f"set data.shape=[C,H,W] (e.g. data.shape=[3,32,32]) or use model=mlp")
+
+
+def _check_gpt(model: dict, in_shape: tuple[int, ...], tokens: bool) -> None:
+    if not tokens:
+        raise FRError("model=gpt reads token ids, but the data are float features: use a text dataset "
+                      "(data=python_docs) or your own data of token ids")
+    defaults = inspect.signature(gpt_blocks).parameters
+    value = {key: model.get(key, defaults[key].default) for key in ("n_head", "n_embd", "block_size")}
+    if value["n_embd"] % value["n_head"]:
+        raise FRError(f"model.n_embd={value['n_embd']} must be a multiple of model.n_head={value['n_head']} "
+                      f"(each head gets n_embd / n_head features): change one of them")
+    if in_shape[0] > value["block_size"]:
+        raise FRError(f"windows of data.seq_len={in_shape[0]} tokens are longer than model.block_size="
+                      f"{value['block_size']} positions: set data.seq_len <= {value['block_size']} or "
+                      f"model.block_size={in_shape[0]}")
 
 
 def probe(blocks: list[nn.Module], in_shape, classes: int, what: str) -> None:
@@ -77,10 +103,11 @@ def probe(blocks: list[nn.Module], in_shape, classes: int, what: str) -> None:
 
 
 def feature_dims(model: dict) -> int | None:
-    """Dimensions of the features between stages, batch included: 2 (mlp), 4 (ResNets), None (a user's model)."""
+    """Dimensions of the features between stages, batch included: 2 (mlp), 3 (gpt), 4 (ResNets), None (a user's
+    model)."""
     if "_target_" in model:
         return None
-    return 2 if model["name"] == "mlp" else 4
+    return {"mlp": 2, "gpt": 3}.get(model["name"], 4)
 
 
 def build_blocks(model: dict, in_shape: tuple[int, ...], classes: int) -> list[nn.Module]:
@@ -116,8 +143,8 @@ def build_blocks(model: dict, in_shape: tuple[int, ...], classes: int) -> list[n
         raise FRError(f"unknown model {show(name)}: choose one of {', '.join(MODELS)}, "
                       f"or your own with model=custom model._target_=pkg.fn")
     try:
-        if name == "mlp":
-            return mlp_blocks(in_shape, classes, **model)
+        if name in BUILDERS:
+            return BUILDERS[name](in_shape, classes, **model)
         return resnet_blocks(int(name[len("resnet"):]), in_shape, classes, **model)
     except TypeError as e:
         raise FRError(f"model={name}: {e}") from None

@@ -92,8 +92,10 @@ class Profile:
 
 def profile_model(blocks: Sequence[nn.Module], in_shape, batch_size: int, device, warmup: int = 2,
                   iters: int = 5, dtype: torch.dtype = torch.float32, seed: int = 0,
-                  context: str = "chain") -> Profile:
+                  context: str = "chain", vocab: int | None = None) -> Profile:
     """Costs and shapes of `blocks` (see the module docstring); `in_shape` is one sample's shape.
+
+    `vocab`: the inputs are token ids below it (a language model's), else random features of `dtype`.
 
     context="chain" (default): each timed iteration runs the whole model as
     training does, block after block (a no-grad forward pass, then a forward pass
@@ -109,7 +111,10 @@ def profile_model(blocks: Sequence[nn.Module], in_shape, batch_size: int, device
     device = torch.device(device)
     in_shape = tuple(int(s) for s in in_shape)
     gen = torch.Generator(device=device).manual_seed(seed)
-    x = torch.randn((batch_size, *in_shape), generator=gen, device=device, dtype=dtype)
+    if vocab:
+        x = torch.randint(0, vocab, (batch_size, *in_shape), generator=gen, device=device)
+    else:
+        x = torch.randn((batch_size, *in_shape), generator=gen, device=device, dtype=dtype)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         _warm_up(blocks, x)

@@ -149,7 +149,7 @@ class _Saved:
         vars(worker.graph_bytes).update(self.meter)
         for name, value in self.engine.items():
             setattr(engine, name, value)
-        engine.correct.zero_()  # the warm-up's evaluation batch counted nothing real
+        engine.scores.zero_()  # the warm-up's evaluation batch counted nothing real
         engine.timer = BusyTimer(engine.device)  # nor its compute: busy time starts with training
         engine.train, engine.diag = self.values
         if self.probe is not None:

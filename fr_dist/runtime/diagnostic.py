@@ -24,8 +24,8 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from fr_dist.models.objective import cross_entropy
 from fr_dist.models.probes import BatchNormState
 from fr_dist.runtime.actions import Action, in_flight, source
 
@@ -107,7 +107,7 @@ class TrueGradient:
         return self.h.detach()
 
     def loss(self, target: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        return self._gradients(target, F.cross_entropy(self._run(x, target), y), None)
+        return self._gradients(target, cross_entropy(self._run(x, target), y), None)
 
     def backward(self, target: int, grad: torch.Tensor) -> torch.Tensor | None:
         h, self.h = self.h, None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fr_dist.models.objective import cross_entropy
 from fr_dist.runtime.actions import Action
 from fr_dist.runtime.timing import BusyTimer
 
@@ -43,7 +44,8 @@ class Engine:
         self.autocast = autocast
         self.train, self.diag = Values(), Values()
         self.losses: list[torch.Tensor] = []  # of the last stage, one per batch, until taken
-        self.correct = torch.zeros((), dtype=torch.int64, device=device)  # evaluation: summed on the device
+        # evaluation: correct predictions, summed loss, targets scored; summed on the device, read once
+        self.scores = torch.zeros(3, dtype=torch.float64, device=device)
         self.timer = BusyTimer(device)  # compute of training actions: busy_frac
         self.timed = True  # evaluation does not count: busy_frac is about training
         self.diag_s = 0.0  # wall seconds of the diagnostic's passes: not training time either
@@ -74,11 +76,12 @@ class Engine:
         losses, self.losses = self.losses, []
         return losses
 
-    def take_correct(self) -> int:
-        """Correct predictions since the last call (one device sync for a whole evaluation)."""
-        correct = int(self.correct)
-        self.correct.zero_()
-        return correct
+    def take_scores(self) -> torch.Tensor:
+        """(correct predictions, summed loss, targets) since the last call, on the host (one device sync for a
+        whole evaluation). A target is a sample of a classifier, a token of a language model."""
+        scores = self.scores.cpu().clone()  # .cpu() of a CPU tensor is the tensor itself
+        self.scores.zero_()
+        return scores
 
     def waiting_on(self) -> int | None:
         """The peer stage of a transfer this rank has started and not finished, if any."""
@@ -175,4 +178,6 @@ class Engine:
         v = self.train
         with self._compute(a):
             logits = self.worker.evaluate(v.x)[: len(v.y)]  # padding rows are not samples
-        self.correct += (logits.argmax(1) == v.y).sum()
+            self.scores[0] += (logits.argmax(-1) == v.y).sum()
+            self.scores[1] += cross_entropy(logits.float(), v.y, reduction="sum")
+            self.scores[2] += v.y.numel()

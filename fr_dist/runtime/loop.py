@@ -26,7 +26,8 @@ PREEMPT_CHECK_EVERY = 10  # iterations between (non-blocking) checks for SIGTERM
 
 
 def evaluate(plan: Plan, stage: Stage, progress: Progress, reporter, step: int) -> None:
-    """Forward the whole test set through the pipelines with the current weights.
+    """Forward the test set (its first eval_batches batches when capped) through the pipelines with the
+    current weights: accuracy for a classifier, loss and perplexity per token for a language model.
 
     Replica d scores every D-th test batch; the counts are summed, so every test
     sample is counted once.
@@ -38,14 +39,22 @@ def evaluate(plan: Plan, stage: Stage, progress: Progress, reporter, step: int) 
             engine.run(eval_schedule(rt.stage, rt.stages, e))
     finally:
         engine.timed = True
-    correct = engine.take_correct()
+    scores = engine.take_scores()
     if rt.replicas > 1 and stage.last:
-        correct = int(sum_over(torch.tensor([correct]), rt.stage_control))
-    if reporter:
-        progress.test_acc = correct / plan.test_size
+        scores = sum_over(scores, rt.stage_control)
+    if not reporter:
+        return
+    correct, loss_sum, targets = scores.tolist()
+    row = {"step": step, "epoch": step / plan.steps_per_epoch}
+    if plan.seq_len:
+        progress.val_loss = loss_sum / targets
+        progress.best_val_loss = min(progress.val_loss, progress.best_val_loss or math.inf)
+        row.update(val_loss=progress.val_loss, val_ppl=math.exp(min(progress.val_loss, 700.0)))  # exp overflows
+    else:
+        progress.test_acc = correct / targets
         progress.best_test_acc = max(progress.best_test_acc, progress.test_acc)
-        reporter.log({"step": step, "epoch": step / plan.steps_per_epoch, "test_acc": progress.test_acc,
-                      "time_s": round(progress.train_s, 3)})
+        row["test_acc"] = progress.test_acc
+    reporter.log({**row, "time_s": round(progress.train_s, 3)})
 
 
 def train_iteration(c, plan: Plan, stage: Stage, t: int, reporter) -> None:
@@ -92,7 +101,8 @@ def run(c, plan: Plan, stage: Stage, progress: Progress, reporter, start: int) -
                     window = log(c, plan, stage, progress, reporter, step, bar, window)
             if t >= T - 1:
                 continue  # drain: no evaluation, checkpoint or preemption until the end
-            evaluating = step % plan.steps_per_epoch == 0 and (step // plan.steps_per_epoch) % c.eval_every == 0
+            evaluating = (step % plan.steps_per_epoch == 0 and (step // plan.steps_per_epoch) % c.eval_every == 0
+                          or bool(c.eval_every_steps) and step % c.eval_every_steps == 0)
             stop = False
             if vote is not None and vote[0] == t:
                 vote[1].wait()
@@ -143,8 +153,10 @@ def log(c, plan: Plan, stage: Stage, progress: Progress, reporter, step: int, ba
     rate = (step - window[1]) * c.batch_size * stage.rt.replicas / max(now - window[0], 1e-9)  # the global batch
     lr = stage.lr_of(step - 1)
     if reporter:
-        reporter.log({"step": step, "epoch": step / plan.steps_per_epoch, "loss": loss, "lr": lr,
-                      "samples_per_s": rate, "time_s": round(progress.train_s, 3)})
+        row = {"step": step, "epoch": step / plan.steps_per_epoch, "loss": loss, "lr": lr, "samples_per_s": rate}
+        if plan.seq_len:
+            row["tokens_per_s"] = rate * plan.seq_len
+        reporter.log({**row, "time_s": round(progress.train_s, 3)})
         bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.4g}")
     return now, step
 

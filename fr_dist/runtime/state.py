@@ -21,11 +21,11 @@ class Plan:
     algo: Any  # the algorithm's schedule: iterations(stage, K, T) and schedule(stage, K, t, T)
     T: int  # training batches
     steps_per_epoch: int
-    test_batches: int
-    test_size: int  # test samples (the last test batch is padded)
+    test_batches: int  # scored per evaluation (eval_batches caps them)
     cuts: list  # block boundaries of every stage: stage k has blocks cuts[k]:cuts[k+1]
     run_dir: Path
     meta: dict  # what a checkpoint says of the run (runtime/resume.py: the keys that must match)
+    seq_len: int = 0  # a language model's tokens per sample (its metrics are per token); 0 for a classifier
 
 
 @dataclass
@@ -62,12 +62,15 @@ class Progress:
     train_s: float = 0.0  # training time: start-up, evaluation and the diagnostic left out
     best_test_acc: float = 0.0
     test_acc: float | None = None
+    val_loss: float | None = None  # language models: mean loss per validation token
+    best_val_loss: float | None = None
     recent: deque = field(default_factory=lambda: deque(maxlen=50))  # last losses: final_train_loss
 
     def state_dict(self) -> dict:
         return {"recent": list(self.recent), "best_test_acc": self.best_test_acc, "test_acc": self.test_acc,
-                "train_s": self.train_s}
+                "val_loss": self.val_loss, "best_val_loss": self.best_val_loss, "train_s": self.train_s}
 
     def load_state_dict(self, state: dict) -> None:
         self.recent.extend(state["recent"])
         self.best_test_acc, self.test_acc, self.train_s = state["best_test_acc"], state["test_acc"], state["train_s"]
+        self.val_loss, self.best_val_loss = state["val_loss"], state["best_val_loss"]
