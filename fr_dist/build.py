@@ -207,12 +207,12 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
 
     T = c.epochs * steps_per_epoch if c.max_steps is None else min(c.max_steps, c.epochs * steps_per_epoch)
     lr_of = make_lr(c.optim, steps_per_epoch, T)
-    optimizer = make_optimizer(c.optim, list(module.parameters()))
+    optimizer = make_optimizer(c.optim, module)
     name = c.algo.name
     if name == "dni":  # a user's model: its synthetic-gradient model must fit the features it sends
         together(rt, check_synth, c.algo.synth, len(out_spec[0]) if k < K - 1 else None, c.model.get("_target_"))
     algo = algos.PIPELINES.get(name) or algos.ALGOS[name]
-    worker = algo.Worker(module, k, K, device, optimizer, lr_of, in_spec, c.algo)
+    worker = algo.Worker(module, k, K, device, optimizer, lr_of, in_spec, c.algo, c.optim.clip_grad_norm)
     probe = TrueGradient(module, k, device) if c.diag_every else None
     engine = Engine(worker, data, make_links(rt, in_spec, out_spec), device, probe, autocast)
     if rt.replicas > 1 and optimizer is not None:
@@ -221,7 +221,7 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
     pipeline = None
     if name in algos.PIPELINES:
         pipeline = algo.pipeline(module, k, K, device, optimizer, lr_of, in_spec, out_spec, c.algo,
-                                 c.microbatches, data, autocast)
+                                 c.microbatches, data, autocast, c.optim.clip_grad_norm)
     meta = {"format": FORMAT, "algo": name, "splits": K, "replicas": rt.replicas, "replica": rt.replica, "model": dict(c.model), "stage": k, "blocks": [cuts[k], cuts[k + 1]],
             "batch_size": c.batch_size, "steps": T, "in_shape": list(in_shape), "classes": classes}
     plan = Plan(algo, T, steps_per_epoch, test_batches, cuts, path, meta, in_shape[-1] if tokens else 0)

@@ -20,6 +20,7 @@ from fr_dist.checks import (
     probability,
     refuse,
     show,
+    unknown_key,
 )
 from fr_dist.errors import FRError
 
@@ -78,12 +79,32 @@ class ScheduleConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"
+    """What every optimizer takes; OPTIM_OPTIONS adds each one's own."""
+
+    name: str = "sgd"  # sgd, adamw (OPTIM_OPTIONS)
     lr: float = 0.1
+    weight_decay: float = 5e-4  # sgd: added to the gradient (L2); adamw: decoupled, not on biases, norms, embeddings
+    clip_grad_norm: Optional[float] = None  # clip the norm of each stage's own gradient before its step (null: off)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass
+class SGDConfig(OptimConfig):
     momentum: float = 0.9
     nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass
+class AdamWConfig(OptimConfig):
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: list = field(default_factory=lambda: [0.9, 0.95])  # the two moments' decay rates, each in [0, 1)
+    eps: float = 1e-8  # added to the second moment's root
+
+
+# Each optimizer's options: `optim.KEY` of another optimizer is refused at start-up.
+OPTIM_OPTIONS = {"sgd": SGDConfig, "adamw": AdamWConfig}
 
 
 @dataclass
@@ -100,7 +121,7 @@ class Config:
     replicas: int = 1  # D data-parallel copies of the pipeline: world size = splits x replicas
     model: Any = None  # dict: name (mlp, resnet8..110, resnet164) or _target_ returning blocks
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: Any = None  # one of OPTIM_OPTIONS, chosen by optim.name
     epochs: int = 1
     max_steps: Optional[int] = None  # caps the number of training batches (null = no cap)
     batch_size: int = 128
@@ -161,17 +182,23 @@ def validate(cfg: DictConfig, world_size: int) -> Config:
     name = algo.get("name", "fr") if isinstance(algo, dict) else algo
     if name not in ALGO_OPTIONS:
         raise FRError(f"unknown algo {show(name)}: choose one of {', '.join(ALGO_OPTIONS)} (algo=fr)")
+    optim = raw.get("optim") or {}
+    if not isinstance(optim, dict):
+        raise FRError(f"bad configuration: optim={show(optim)} must be a section: choose an optimizer with "
+                      f"optim={' or optim='.join(OPTIM_OPTIONS)}")
+    optimizer = optim.get("name", "sgd")
+    if optimizer not in OPTIM_OPTIONS:
+        raise FRError(f"unknown optimizer {show(optimizer)}: choose one of {', '.join(OPTIM_OPTIONS)} (optim=sgd)")
     check_keys(raw, Config, "")
     check_keys(algo, ALGO_OPTIONS[name], "algo.", lambda *a: _algo_option(*a, name))
-    rest = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "algo"])
+    check_keys(optim, OPTIM_OPTIONS[optimizer], "optim.", lambda *a: _optim_option(*a, optimizer, optim))
+    rest = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in ("algo", "optim")])
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), rest)
     except OmegaConfBaseException as e:  # a string that is no number or bool (check_keys leaves those to OmegaConf)
         raise FRError(converted(e.full_key, e.msg, raw, Config, "")) from None
-    try:
-        merged.algo = OmegaConf.merge(OmegaConf.structured(ALGO_OPTIONS[name]), cfg.get("algo") or {})
-    except OmegaConfBaseException as e:
-        raise FRError(converted(e.full_key, e.msg, algo, ALGO_OPTIONS[name], "algo.")) from None
+    _merge_chosen(merged, cfg, "algo", algo, ALGO_OPTIONS[name])
+    _merge_chosen(merged, cfg, "optim", optim, OPTIM_OPTIONS[optimizer])
     missing = sorted(key for key in _missing_keys(merged))
     if missing:  # a ??? the user must fill, e.g. model=custom without model._target_
         raise FRError(f"{missing[0]} is not set: give it on the command line ({missing[0]}=VALUE)"
@@ -257,14 +284,19 @@ def _check_run(c: Config, world_size: int) -> None:
 
 
 def _check_optim(o: OptimConfig) -> None:
-    if o.name != "sgd":
-        raise FRError(f"unknown optimizer {o.name!r}: only sgd is available (optim=sgd)")
-    number("optim.lr", o.lr, 0.1, open_low=True)
-    probability("optim.momentum", o.momentum, 0.9)
-    number("optim.weight_decay", o.weight_decay, 5e-4)
-    if o.nesterov and o.momentum <= 0:
-        raise FRError(f"optim.nesterov=true needs optim.momentum > 0 (got {o.momentum}): set optim.nesterov=false "
-                      f"or e.g. optim.momentum=0.9")
+    example = OPTIM_OPTIONS[o.name]()
+    number("optim.lr", o.lr, example.lr, open_low=True)
+    number("optim.weight_decay", o.weight_decay, example.weight_decay)
+    number("optim.clip_grad_norm", o.clip_grad_norm, 1.0, open_low=True, null=True)
+    if o.name == "sgd":
+        probability("optim.momentum", o.momentum, 0.9)
+        if o.nesterov and o.momentum <= 0:
+            raise FRError(f"optim.nesterov=true needs optim.momentum > 0 (got {o.momentum}): set optim.nesterov=false "
+                          f"or e.g. optim.momentum=0.9")
+    if o.name == "adamw":
+        if not (isinstance(o.betas, list) and len(o.betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in o.betas)):
+            refuse("optim.betas", o.betas, "two numbers in [0, 1)", f"set e.g. optim.betas={show(example.betas)}")
+        number("optim.eps", o.eps, example.eps, open_low=True)
     s = o.schedule
     if s.name not in SCHEDULES:
         raise FRError(f"unknown lr schedule {s.name!r}: choose one of {', '.join(SCHEDULES)}")
@@ -309,6 +341,26 @@ def _algo_option(key: str, value, names: list[str], algo: str) -> str:
     owners = [a for a, schema in ALGO_OPTIONS.items() if key[len("algo."):] in (f.name for f in fields(schema))]
     return (f"bad configuration: {key} is not an option of algo={algo} (its options: {', '.join(own) or 'none'}): "
             f"remove {key}={show(value)}" + (f", or choose algo={owners[0]}, which has it" if owners else ""))
+
+
+def _optim_option(key: str, value, names: list[str], optimizer: str, section: dict) -> str:
+    """The message for `key` (optim.X) that optim=OPTIMIZER does not take: which optimizer has it, if any."""
+    owners = [o for o, schema in OPTIM_OPTIONS.items() if key[len("optim."):] in (f.name for f in fields(schema))]
+    if not owners:
+        return unknown_key(key, value, names)
+    fix = f"remove {key}={show(value)}, or choose optim={owners[0]}, which has it"
+    if {f.name for f in fields(OPTIM_OPTIONS[owners[0]])} <= set(section):  # optim.name=X on optim=Y's section
+        fix = f"choose the optimizer with optim={optimizer}, which brings its own options, not optim.name={optimizer}"
+    own = [n for n in names if n != "name"]
+    return f"bad configuration: {key} is not an option of optim={optimizer} (its options: {', '.join(own)}): {fix}"
+
+
+def _merge_chosen(merged: DictConfig, cfg: DictConfig, key: str, section: dict, schema) -> None:
+    """merged[key]: cfg[key] on the schema its name chose (the algorithm's, the optimizer's); a bad value by key."""
+    try:
+        merged[key] = OmegaConf.merge(OmegaConf.structured(schema), cfg.get(key) or {})
+    except OmegaConfBaseException as e:
+        raise FRError(converted(e.full_key, e.msg, section, schema, key + ".")) from None
 
 
 def _missing_keys(node, prefix: str = ""):

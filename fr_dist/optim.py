@@ -1,4 +1,4 @@
-"""The optimizer of a stage and learning-rate schedules as functions of the batch id: lr(batch)."""
+"""A stage's optimizer, its step (per-stage clipping), and learning-rate schedules by batch id: lr(batch)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn as nn
 
 
 def make_lr(optim, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
@@ -34,12 +35,42 @@ def make_lr(optim, steps_per_epoch: int, total_steps: int) -> Callable[[int], fl
     return lr
 
 
-def make_optimizer(optim, params: list) -> torch.optim.Optimizer | None:
-    """The optimizer for `optim` (config.OptimConfig) over a stage's parameters; None for a stage without any."""
+def make_optimizer(optim, module: nn.Module) -> torch.optim.Optimizer | None:
+    """The optimizer for `optim` (config.SGDConfig or AdamWConfig) over a stage's parameters; None for a stage
+    without any.
+
+    SGD: one group, torch adds the weight decay to the gradient. AdamW: decoupled weight decay on the
+    weight matrices and kernels only (`decayed`); biases, norms' parameters and embeddings get none.
+    """
+    params = list(module.parameters())
     if not params:
         return None
-    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
-                           weight_decay=optim.weight_decay)
+    if optim.name == "sgd":
+        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
+                               weight_decay=optim.weight_decay)
+    decay = {id(p) for p in decayed(module)}
+    groups = [{"params": [p for p in params if id(p) in decay], "weight_decay": optim.weight_decay},
+              {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, betas=tuple(optim.betas),
+                             eps=optim.eps)
+
+
+def decayed(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters AdamW decays: those with 2 or more dimensions (weight matrices, kernels) that are no
+    embedding's table; a table tied to a layer (a language model's head) counts as the embedding."""
+    tables = {id(m.weight) for m in module.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
+    return [p for p in module.parameters() if p.ndim >= 2 and id(p) not in tables]
+
+
+def apply_gradient(optimizer: torch.optim.Optimizer, module: nn.Module, lr: float,
+                   clip_grad_norm: float | None) -> None:
+    """Apply the stage's accumulated gradient with rate `lr`, first clipped to norm `clip_grad_norm` (null: not):
+    the norm of this stage's gradient alone (docs/DESIGN.md, section 4: the optimizer)."""
+    if clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), clip_grad_norm)
+    set_lr(optimizer, lr)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=False)  # reuse the gradient buffers
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -9,6 +9,9 @@ them parameter by parameter.
 backward; never an optimizer step) in its own bfloat16 autocast block, and
 casts what crosses a stage boundary (features up, error gradients down) to
 bfloat16. Stage 0's input stays as given.
+
+`clip_grad_norm` (backprop, gradient_accumulation, features_replay) clips the
+norm of each stage's own gradient to it before the stage's step.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ def _set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def _clip(stage: nn.Module, clip_grad_norm: float | None) -> None:
+    if clip_grad_norm is not None:
+        nn.utils.clip_grad_norm_(stage.parameters(), clip_grad_norm)
+
+
 def _compute(precision: str):
     """The block one stage's compute runs in: bfloat16 autocast (on the CPU), or nothing for fp32."""
     if precision == "bf16":
@@ -47,7 +55,8 @@ def _boundary(t: torch.Tensor, precision: str) -> torch.Tensor:
     return t
 
 
-def backprop(model: nn.Module, batches, lr_of, make_optimizer, seed: int, precision: str = "fp32") -> list[float]:
+def backprop(model: nn.Module, batches, lr_of, make_optimizer, seed: int, precision: str = "fp32",
+             clip_grad_norm: float | None = None) -> list[float]:
     """Plain backpropagation over `batches` [(x, y), ...]; returns the losses.
 
     `seed` seeds the global RNG (dropout) before the first batch.
@@ -59,6 +68,7 @@ def backprop(model: nn.Module, batches, lr_of, make_optimizer, seed: int, precis
         with _compute(precision):
             loss = _loss(model(x), y)
             loss.backward()
+        _clip(model, clip_grad_norm)
         _set_lr(optimizer, lr_of(b))
         optimizer.step()
         optimizer.zero_grad()
@@ -67,9 +77,11 @@ def backprop(model: nn.Module, batches, lr_of, make_optimizer, seed: int, precis
 
 
 def gradient_accumulation(model: nn.Module, batches, lr_of, make_optimizer, M: int,
-                          precision: str = "fp32") -> list[float]:
+                          precision: str = "fp32", clip_grad_norm: float | None = None) -> list[float]:
     """GPipe's and 1F1B's arithmetic in one process: per batch, cross_entropy / M backpropagated for each of
-    M equal micro-batches, one step with lr(batch). Returns each batch's loss (the sum over its micro-batches)."""
+    M equal micro-batches, one step with lr(batch). Returns each batch's loss (the sum over its micro-batches).
+
+    `model` is nn.Sequential of the stages: `clip_grad_norm` clips each stage's gradient on its own."""
     optimizer = make_optimizer(model.parameters())
     out = []
     for b, (x, y) in enumerate(batches):
@@ -79,6 +91,8 @@ def gradient_accumulation(model: nn.Module, batches, lr_of, make_optimizer, M: i
                 loss = _loss(model(xm), ym) / M
                 loss.backward()
             losses.append(loss.detach())
+        for stage in model:
+            _clip(stage, clip_grad_norm)
         _set_lr(optimizer, lr_of(b))
         optimizer.step()
         optimizer.zero_grad()
@@ -87,7 +101,7 @@ def gradient_accumulation(model: nn.Module, batches, lr_of, make_optimizer, M: i
 
 
 def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int],
-                    before_steps=None, precision: str = "fp32") -> list[float]:
+                    before_steps=None, precision: str = "fp32", clip_grad_norm: float | None = None) -> list[float]:
     """Features Replay with K = len(stages) stages, simulated; returns the losses.
 
     Iteration t: every stage k < K-1 forwards batch t without a graph and stores
@@ -146,6 +160,7 @@ def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, see
         if before_steps is not None:
             before_steps(t, updates)
         for k, b in updates.items():
+            _clip(stages[k], clip_grad_norm)
             _set_lr(optimizers[k], lr_of(b))
             optimizers[k].step()
             optimizers[k].zero_grad()

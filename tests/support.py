@@ -45,6 +45,11 @@ def simulation_inputs(K: int, overrides: list[str]):
     o = c.optim
 
     def make_optimizer(params):
+        if o.name == "adamw":  # no embeddings in these models: the weight matrices and kernels decay, 1-D ones not
+            params = list(params)
+            groups = [{"params": [p for p in params if p.ndim >= 2]},
+                      {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+            return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
 
     def make_synth_optimizer(params):  # dni's default: the stage's rate, momentum and Nesterov, no decay
@@ -58,11 +63,32 @@ def reference(K: int, overrides: list[str]):
     """Per-stage state dicts and losses of the single-process simulator (in the run's precision)."""
     c, _, stages, batches, lr_of, make_optimizer, _, seeds = simulation_inputs(K, overrides)
     torch.set_num_threads(1)  # the ranks run one thread each: same reduction order
+    clip = c.optim.clip_grad_norm
     if K == 1:
-        losses = backprop(stages[0], batches, lr_of, make_optimizer, seeds[0], precision=c.precision)
+        losses = backprop(stages[0], batches, lr_of, make_optimizer, seeds[0], precision=c.precision,
+                          clip_grad_norm=clip)
     else:
-        losses = features_replay(stages, batches, lr_of, make_optimizer, seeds, precision=c.precision)
+        losses = features_replay(stages, batches, lr_of, make_optimizer, seeds, precision=c.precision,
+                                 clip_grad_norm=clip)
     return [s.state_dict() for s in stages], losses
+
+
+def first_gradient_norms(K: int, overrides: list[str]) -> list[float]:
+    """Each stage's gradient norm for batch 0 at the initial weights: the first gradient every stage applies
+    (FR's stage k too: it is unchanged until then). For a model without dropout."""
+    _, _, stages, batches, _, _, _, _ = simulation_inputs(K, overrides)
+    x, y = batches[0]
+    nn.functional.cross_entropy(nn.Sequential(*stages)(x), y).backward()
+    return [torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in s.parameters()])).item() for s in stages]
+
+
+def clipping(K: int, overrides: list[str]) -> list[str]:
+    """`overrides` with optim.clip_grad_norm at half the smallest stage's first gradient norm: every stage clips
+    at least its first step."""
+    norms = first_gradient_norms(K, overrides)
+    clip = float(f"{min(norms) / 2:.4g}")
+    assert all(norm > clip for norm in norms), (norms, clip)
+    return [*overrides, f"optim.clip_grad_norm={clip}"]
 
 
 def distributed(K: int, overrides: list[str], run_dir, env: dict | None = None):

@@ -22,7 +22,7 @@ E = re.escape  # a message expected word for word
     (["data.name=imagenet"], "unknown data 'imagenet'"),
     (["optim.schedule.name=linear"], "unknown lr schedule 'linear'"),
     (["model.name=vgg"], "unknown model 'vgg'"),
-    (["optim.name=adam"], "unknown optimizer 'adam'"),
+    (["optim.name=adam"], E("unknown optimizer 'adam': choose one of sgd, adamw (optim=sgd)")),
     (["algo=gpipe", "microbatches=3"], "microbatches=3 must divide batch_size=128"),
     (["algo=1f1b", "microbatches=1"], "1f1b needs microbatches >= splits"),
     (["diag_every=-1"], "diag_every=-1 must be >= 0"),
@@ -120,6 +120,34 @@ E = re.escape  # a message expected word for word
      E("milestones=[2,2] must be strictly increasing")),
     (["optim.schedule.milestones=[2]"], E("optim.schedule.milestones=[2] apply to the step schedule only, not "
                                           "optim.schedule.name=cosine")),
+    # AdamW and clipping; each optimizer's options refused with the other.
+    (["optim=adamw", "optim.betas=[0.9]"], E("optim.betas=[0.9] must be two numbers in [0, 1): "
+                                            "set e.g. optim.betas=[0.9,0.95]")),
+    (["optim=adamw", "optim.betas=[1,0.9]"], E("optim.betas=[1,0.9] must be two numbers in [0, 1)")),
+    (["optim=adamw", "optim.betas=[0.9,-0.1]"], E("optim.betas=[0.9,-0.1] must be two numbers in [0, 1)")),
+    (["optim=adamw", "optim.betas=[a,0.9]"], E("optim.betas=['a',0.9] must be two numbers in [0, 1)")),
+    (["optim=adamw", "optim.betas=0.9"], E("optim.betas=0.9 must be a list: set e.g. optim.betas=[0.9,0.95]")),
+    (["optim=adamw", "optim.eps=0"], E("optim.eps=0.0 must be a positive number: set e.g. optim.eps=1e-08")),
+    (["optim=adamw", "optim.eps=abc"], E("optim.eps='abc' must be a number")),
+    (["optim=adamw", "optim.lr=0"], E("optim.lr=0.0 must be a positive number: set e.g. optim.lr=0.001")),
+    (["optim=adamw", "optim.weight_decay=-1"], E("optim.weight_decay=-1.0 must be a number >= 0: "
+                                                "set e.g. optim.weight_decay=0.1")),
+    (["optim.clip_grad_norm=0"], E("optim.clip_grad_norm=0.0 must be a positive number or null: "
+                                   "set e.g. optim.clip_grad_norm=1.0")),
+    (["optim=adamw", "optim.clip_grad_norm=-1"], E("optim.clip_grad_norm=-1.0 must be a positive number or null")),
+    (["optim.clip_grad_norm=inf"], E("optim.clip_grad_norm=inf must be a positive number or null")),
+    (["optim.clip_grad_norm=abc"], E("optim.clip_grad_norm='abc' must be a number or null")),
+    (["optim=adamw", "+optim.momentum=0.5"], E("optim.momentum is not an option of optim=adamw (its options: lr, "
+                                               "weight_decay, clip_grad_norm, schedule, betas, eps): remove "
+                                               "optim.momentum=0.5, or choose optim=sgd, which has it")),
+    (["+optim.betas=[0.9,0.9]"], E("optim.betas is not an option of optim=sgd (its options: lr, weight_decay, "
+                                   "clip_grad_norm, schedule, momentum, nesterov): remove optim.betas=[0.9,0.9], "
+                                   "or choose optim=adamw, which has it")),
+    (["optim.name=adamw"], E("optim.momentum is not an option of optim=adamw (its options: lr, weight_decay, "
+                             "clip_grad_norm, schedule, betas, eps): choose the optimizer with optim=adamw, "
+                             "which brings its own options, not optim.name=adamw")),
+    (["optim=adamw", "+optim.foo=1"], E("optim.foo=1 is not a key of optim (its keys: name, lr, weight_decay, "
+                                        "clip_grad_norm, schedule, betas, eps): remove it")),
     # Algorithm options.
     (["algo=dni", "algo.synth=foo"], E("algo.synth='foo' must be one of auto, conv, linear")),
     (["algo=dni", "algo.synth_lr=0"], E("algo.synth_lr=0.0 must be a positive number or null")),
@@ -182,11 +210,23 @@ def test_config_errors(overrides, match):
     ["model=resnet8", "data.shape=[3,1,1]", "model.width=1"],
     ["data=fashion_mnist", "batch_size=1"],
     ["wandb.group=sweep", "wandb.project=p"],
+    ["optim=adamw", "optim.betas=[0,0.999]", "optim.eps=1e-12", "optim.weight_decay=0", "optim.clip_grad_norm=1e-6"],
+    ["optim=adamw", "optim.schedule.name=step", "optim.schedule.milestones=[2]", "algo=gpipe", "algo=dni"],
+    ["optim.clip_grad_norm=5", "optim.schedule.name=onecycle"],
 ])
 def test_config_edges_validate(overrides):
     """Values at the edges of the ranges, and combinations that work, are accepted."""
     splits = 1 if "splits=1" in overrides else 2
     validate(compose([f"splits={splits}", "wandb.mode=disabled", *overrides]), world_size=splits)
+
+
+def test_optimizer_options_are_typed_by_optimizer():
+    sgd = validate(compose(["splits=1", "wandb.mode=disabled"]), world_size=1).optim
+    adamw = validate(compose(["splits=1", "wandb.mode=disabled", "optim=adamw"]), world_size=1).optim
+    assert (sgd.name, sgd.momentum, sgd.nesterov, sgd.clip_grad_norm) == ("sgd", 0.9, False, None)
+    assert (adamw.name, adamw.lr, adamw.betas, adamw.eps, adamw.weight_decay, adamw.clip_grad_norm) == \
+        ("adamw", 1e-3, [0.9, 0.95], 1e-8, 0.1, None)
+    assert not hasattr(adamw, "momentum") and not hasattr(sgd, "betas")
 
 
 def test_config_defaults_validate():

@@ -15,8 +15,9 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+
 from fr_dist.models.objective import cross_entropy
-from fr_dist.optim import set_lr
+from fr_dist.optim import apply_gradient
 from fr_dist.runtime.memory import SavedBytes
 
 
@@ -24,13 +25,15 @@ class Worker:
     """The compute of one stage: what each algorithm's forward/backward override.
 
     `module` holds this stage's blocks, `lr_of(batch)` gives the rate an update
-    for that batch uses, `options` the algorithm's typed options (config.ALGO_OPTIONS).
+    for that batch uses, `options` the algorithm's typed options (config.ALGO_OPTIONS),
+    `clip_grad_norm` the norm this stage's gradient is clipped to before a step (None: not).
     """
 
     def __init__(self, module: nn.Module, stage: int, K: int, device: torch.device,
-                 optimizer: torch.optim.Optimizer | None, lr_of: Callable[[int], float], in_spec, options=None):
+                 optimizer: torch.optim.Optimizer | None, lr_of: Callable[[int], float], in_spec, options=None,
+                 clip_grad_norm: float | None = None):
         self.module, self.stage, self.K, self.device = module, stage, K, device
-        self.optimizer, self.lr_of = optimizer, lr_of
+        self.optimizer, self.lr_of, self.clip_grad_norm = optimizer, lr_of, clip_grad_norm
         self.graph_bytes = SavedBytes(module)
         self.average = None  # with replicas: averages a small model's gradients over them (DNI's M_k)
 
@@ -49,12 +52,10 @@ class Worker:
         return loss.detach(), x.grad
 
     def step(self, batch: int) -> None:
-        """Apply the accumulated gradient of `batch` with that batch's rate."""
+        """Apply the accumulated gradient of `batch` (with replicas: averaged) with that batch's rate, clipped."""
         if self.optimizer is None:  # a stage without parameters
             return
-        set_lr(self.optimizer, self.lr_of(batch))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=False)  # reuse the gradient buffers
+        apply_gradient(self.optimizer, self.module, self.lr_of(batch), self.clip_grad_norm)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:

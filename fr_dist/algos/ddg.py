@@ -42,8 +42,8 @@ def _storages(tensors) -> dict[int, int]:
 class Worker(Worker):
     """A non-last DDG stage: a FIFO of K-k stored graphs (snapshot, input, output)."""
 
-    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec, options=None):
-        super().__init__(module, stage, K, device, optimizer, lr_of, in_spec, options)
+    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec, options=None, clip_grad_norm=None):
+        super().__init__(module, stage, K, device, optimizer, lr_of, in_spec, options, clip_grad_norm)
         self.params = dict(module.named_parameters())
         self.buffers = dict(module.named_buffers())
         # (batch, input leaf, output, parameter snapshot, saved-storage sizes or None,

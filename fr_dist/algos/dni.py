@@ -27,8 +27,8 @@ Linear(D, D) for (N, D), and for (N, T, D) (a transformer's) at every position. 
 `synth` (auto, conv, linear), `synth_lr` (default: the stage optimizer's lr),
 `synth_hidden` (a hidden layer of that width with ReLU; its first layer is
 initialised from a seed of its own, the output layer to zero). M_k is trained
-with plain SGD using the stage optimizer's momentum and Nesterov setting, no
-weight decay, at a constant rate.
+with plain SGD using the stage optimizer's momentum and Nesterov setting (with
+optim=adamw: no momentum), no weight decay, no clipping, at a constant rate.
 """
 
 from __future__ import annotations
@@ -99,13 +99,15 @@ def make_synth(shape, synth: str = "auto", hidden: int | None = None, seed: int 
 class Worker(Worker):
     """A non-last DNI stage: updates at once with M_k's prediction, trains M_k one batch later."""
 
-    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec, options: DNIConfig | None = None):
-        super().__init__(module, stage, K, device, optimizer, lr_of, in_spec, options)
+    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec, options: DNIConfig | None = None,
+                 clip_grad_norm=None):
+        super().__init__(module, stage, K, device, optimizer, lr_of, in_spec, options, clip_grad_norm)
         options = options or DNIConfig(name="dni")
         self.synth_kind, self.synth_hidden = options.synth, options.synth_hidden
         defaults = optimizer.defaults if optimizer is not None else {"lr": 0.1, "momentum": 0.0, "nesterov": False}
         self.synth_lr = defaults["lr"] if options.synth_lr is None else options.synth_lr
-        self.synth_momentum, self.synth_nesterov = defaults["momentum"], defaults["nesterov"]
+        self.synth_momentum = defaults.get("momentum", 0.0)  # AdamW has none: plain SGD
+        self.synth_nesterov = defaults.get("nesterov", False)
         self.synth: nn.Module | None = None  # built at the first forward, when the feature shape is known
         self.synth_optimizer = None
         self.x = self.h = None  # the batch in flight: input leaf and output with its graph

@@ -52,8 +52,8 @@ def schedule(stage: int, K: int, t: int, T: int) -> list[Action]:
 class Worker(Worker):
     """A non-last FR stage: forward without a graph, replay from the ring buffer."""
 
-    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec, options=None):
-        super().__init__(module, stage, K, device, optimizer, lr_of, in_spec, options)
+    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec, options=None, clip_grad_norm=None):
+        super().__init__(module, stage, K, device, optimizer, lr_of, in_spec, options, clip_grad_norm)
         shape, dtype = in_spec
         self.ring = RingBuffer(K - stage, shape, dtype, device) if stage < K - 1 else None
         self.bn = BatchNormState(module)  # the replay leaves the statistics as the forward left them

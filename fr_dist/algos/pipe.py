@@ -46,7 +46,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from fr_dist.algos.base import Worker
 from fr_dist.config import check_microbatches
 from fr_dist.models.objective import cross_entropy
-from fr_dist.optim import set_lr
+from fr_dist.optim import apply_gradient
 from fr_dist.runtime.actions import Action
 from fr_dist.runtime.memory import StashMeter, saved_storages
 
@@ -133,7 +133,7 @@ class PipeRunner:
     def __init__(self, module: nn.Module, stage: int, K: int, device: torch.device, group,
                  schedule: str, microbatches: int, batch_size: int, in_spec, out_spec,
                  optimizer: torch.optim.Optimizer | None, lr_of: Callable[[int], float],
-                 checkpoint: bool = False, autocast=nullcontext):
+                 checkpoint: bool = False, autocast=nullcontext, clip_grad_norm: float | None = None):
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
         M = int(microbatches)
@@ -144,7 +144,7 @@ class PipeRunner:
                              f"(size {size}, this stage is rank {dist.get_rank(group)} of it)")
         self.module, self.stage, self.K, self.device = module, stage, K, device
         self.M, self.batch_size = M, batch_size
-        self.optimizer, self.lr_of = optimizer, lr_of
+        self.optimizer, self.lr_of, self.clip_grad_norm = optimizer, lr_of, clip_grad_norm
         self.last = stage == K - 1
         self.busy_s = 0.0
         self.autocast = autocast  # the schedule's compute runs in it (bf16 runs), the optimizer step outside
@@ -232,10 +232,8 @@ class PipeRunner:
                 self.schedule.step(*args, return_outputs=False, **kwargs)
             self.meter.live.clear()
             self.meter.current = None
-            if self.optimizer is not None:
-                set_lr(self.optimizer, self.lr_of(batch))
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=False)
+            if self.optimizer is not None:  # the accumulated gradient of the M micro-batches, clipped
+                apply_gradient(self.optimizer, self.module, self.lr_of(batch), self.clip_grad_norm)
             if not self.last:
                 return None
             return torch.stack([l.detach() for l in losses]).sum()
@@ -306,9 +304,9 @@ class PipeAlgo:
         return []
 
     def pipeline(self, module, stage, K, device, optimizer, lr_of, in_spec, out_spec, options, microbatches: int,
-                 data, autocast=nullcontext) -> Pipeline:
+                 data, autocast=nullcontext, clip_grad_norm: float | None = None) -> Pipeline:
         runner = PipeRunner(module, stage, K, device, None, self.name, microbatches, in_spec[0][0], in_spec,
-                            out_spec, optimizer, lr_of, options.checkpoint, autocast)
+                            out_spec, optimizer, lr_of, options.checkpoint, autocast, clip_grad_norm)
         return Pipeline(runner, data, stage, K, device)
 
 

@@ -176,15 +176,20 @@ def test_bad_arguments(schedule, M, match):
         PipeRunner(nn.Linear(4, 4), 0, 2, torch.device("cpu"), None, schedule, M, 12, spec, spec, None, W.lr_of)
 
 
-@pytest.mark.parametrize("algo,K,M", [("gpipe", 2, 2), ("1f1b", 3, 4)])
-def test_trainer_equals_gradient_accumulation(algo, K, M, tmp_path):
+@pytest.mark.parametrize("algo,K,M,adamw_clipped", [("gpipe", 2, 2, False), ("1f1b", 3, 4, False),
+                                                     ("gpipe", 2, 2, True)])
+def test_trainer_equals_gradient_accumulation(algo, K, M, adamw_clipped, tmp_path):
     """`python -m fr_dist.train algo=gpipe|1f1b` end to end (its data, rates, checkpoints) against
-    single-process gradient accumulation of cross_entropy / M over the same micro-batches, bit for bit."""
+    single-process gradient accumulation of cross_entropy / M over the same micro-batches, bit for bit;
+    with clipping each stage's gradient on its own, at a bound every stage's first gradient exceeds."""
     overrides = MLP + COMMON + [f"algo={algo}", f"microbatches={M}", "model.dropout=0.0"]
-    _, _, stages, batches, lr_of, make_optimizer, _, _ = simulation_inputs(K, overrides)
+    if adamw_clipped:
+        overrides = support.clipping(K, overrides + ["optim=adamw"])
+    c, _, stages, batches, lr_of, make_optimizer, _, _ = simulation_inputs(K, overrides)
     model = nn.Sequential(*stages)
     torch.set_num_threads(1)
-    want_losses = gradient_accumulation(model, batches, lr_of, make_optimizer, M)
+    want_losses = gradient_accumulation(model, batches, lr_of, make_optimizer, M,
+                                        clip_grad_norm=c.optim.clip_grad_norm)
     got_states, got_losses, summary = distributed(K, overrides, tmp_path)
     support.assert_states_equal(got_states, [s.state_dict() for s in stages])
     assert got_losses == want_losses

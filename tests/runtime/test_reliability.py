@@ -23,10 +23,12 @@ def losses_after(run_dir: Path, step: int) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r and r["step"] > step]
 
 
-@pytest.mark.parametrize("K,model,cut", [(2, "mlp", 6), (3, "resnet8", 9)])
-def test_resume_equals_uninterrupted(K, model, cut, tmp_path):
-    """N steps straight equal N/2 steps, stop, resume, the rest: parameters and per-step losses, bit for bit."""
-    overrides = (MLP if model == "mlp" else RESNET8) + COMMON + ["algo=fr", "ckpt_every=3", "ckpt_keep=10"]
+@pytest.mark.parametrize("K,model,cut,optim", [(2, "mlp", 6, []), (3, "resnet8", 9, []),
+                                               (2, "mlp", 6, ["optim=adamw", "optim.clip_grad_norm=0.5"])])
+def test_resume_equals_uninterrupted(K, model, cut, optim, tmp_path):
+    """N steps straight equal N/2 steps, stop, resume, the rest: parameters and per-step losses, bit for bit
+    (AdamW's moments and step counts are in the optimizer's checkpoint like SGD's momentum)."""
+    overrides = (MLP if model == "mlp" else RESNET8) + COMMON + ["algo=fr", "ckpt_every=3", "ckpt_keep=10", *optim]
     straight = tmp_path / "straight"
     want_states, _, _ = distributed(K, overrides, straight)
     resumed = tmp_path / "resumed"
