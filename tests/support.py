@@ -179,4 +179,4 @@ def gpt_overrides(corpus: Path) -> list[str]:
     """A tiny GPT with dropout on a tiny corpus: 2 epochs of a few batches, crossing an evaluation."""
     return [f"data=python_docs", f"data.data_root={corpus}", "data.seq_len=8", "model=gpt", "model.n_layer=2",
             "model.n_embd=16", "model.n_head=2", "model.block_size=8", "model.dropout=0.1", "batch_size=4",
-            "epochs=2", "optim.nesterov=true"]
+            "epochs=2"]

@@ -19,6 +19,7 @@ from fr_dist.compose import compose
 from fr_dist.config import validate
 from fr_dist.data.text import read_corpus, windows
 from fr_dist.reference import gradient_accumulation
+from fr_dist.runtime import checkpoint
 from tests.ranks import run_ranks
 from tests.support import (COMMON, assert_one_clear_error, assert_states_equal, distributed, gpt_overrides,
                            reference, run_reference, simulation_inputs, write_corpus)
@@ -130,3 +131,30 @@ def test_gpt_refusals(overrides, match, corpus):
 def test_seq_len_is_refused_for_images():
     with pytest.raises(FRError, match="data.seq_len=16 applies to text data only"):
         validate(compose(["data=synthetic", "+data.seq_len=16"]), world_size=1)
+
+
+def test_resume_on_gpt_equals_uninterrupted(corpus, tmp_path):
+    """Stop at step 6 of 18, resume: the ring's token ids, dropout RNG states, AdamW's moments and the
+    clipping all continue exactly (parameters and per-step losses bit for bit)."""
+    overrides = gpt_overrides(corpus) + COMMON + ["algo=fr", "optim=adamw", "optim.lr=0.01", "optim.clip_grad_norm=0.5",
+                                                   "ckpt_every=3", "ckpt_keep=10"]
+    straight = tmp_path / "straight"
+    want_states, want_losses, _ = distributed(2, overrides, straight)
+    resumed = tmp_path / "resumed"
+    got_states, got_losses, summary = distributed(2, [*overrides, f"resume={checkpoint.step_dir(straight, 6)}"],
+                                                  resumed)
+    assert_states_equal(got_states, want_states)
+    assert got_losses == want_losses[6:] and summary["status"] == "ok"
+
+
+def test_bf16_fr_with_the_diagnostic_on_gpt_equals_reference(corpus, tmp_path):
+    """bf16 links carry the (N, T, D) features, stage 0 keeps int64 ids; the diagnostic's passes (every 3
+    steps) run on the transformer and leave training as the bf16 reference computes it."""
+    overrides = gpt_overrides(corpus) + COMMON + ["algo=fr", "precision=bf16"]
+    want_states, want_losses = reference(2, overrides)
+    got_states, got_losses, _ = distributed(2, overrides + ["diag_every=3"], tmp_path)
+    assert got_losses == want_losses
+    assert_states_equal(got_states, want_states)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    sigmas = [r["sigma"] for r in rows if "sigma" in r]
+    assert len(sigmas) == len(want_losses) // 3 and all(math.isfinite(s) for s in sigmas)
