@@ -1,10 +1,4 @@
-"""Datasets in memory, a deterministic sampler, and batches by batch id.
-
-Training batch b belongs to epoch b // steps_per_epoch; each epoch is a
-permutation drawn from (seed, epoch) and the last partial batch is dropped, so
-every link carries one fixed shape. Stage 0 and the last stage compute the same
-indices independently: the last stage gets exactly the labels of its batch.
-"""
+"""Datasets in memory, and batches by batch id (the sampler: order.BatchOrder)."""
 
 from __future__ import annotations
 
@@ -14,6 +8,7 @@ import torch
 
 from fr_dist.checks import int_list, integer, reason, show
 from fr_dist.data.augment import augment
+from fr_dist.data.order import BatchOrder, pad
 from fr_dist.errors import FRError
 
 # Input shape (C, H, W) of each real dataset; synthetic data takes data.shape.
@@ -48,25 +43,17 @@ def check_options(data, batch_size: int) -> tuple[int, ...]:
     return tuple(data.shape)
 
 
-class Batches:
-    """Training and test batches of one dataset, addressed by batch id."""
+class Batches(BatchOrder):
+    """Training and test batches of one dataset in memory, addressed by batch id."""
 
     def __init__(self, train_x, train_y, test_x, test_y, classes: int, batch_size: int, seed: int,
                  mean=None, std=None, augment: bool = False):
-        if len(train_y) < batch_size:
-            raise FRError(
-                f"batch_size={batch_size} is larger than the {len(train_y)} training samples: "
-                f"use batch_size <= {len(train_y)}"
-            )
+        super().__init__(len(train_y), len(test_y), batch_size, seed)
         self.train_x, self.train_y, self.test_x, self.test_y = train_x, train_y, test_x, test_y
-        self.classes, self.batch_size, self.seed, self.augment = classes, batch_size, seed, augment
+        self.classes, self.augment = classes, augment
         c = train_x.shape[1]
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) if mean else None
         self.std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1) if std else None
-        self.steps_per_epoch = len(train_y) // batch_size
-        self.test_batches = -(-len(test_y) // batch_size)
-        self.replica, self.replicas = 0, 1
-        self._perms: dict[int, torch.Tensor] = {}  # epoch -> permutation (read by two threads)
         self._prefetch = None  # (batch, future) of the next training inputs
         self.pin = False  # CUDA stages: prefetched inputs in pinned memory, so the copy to the GPU is asynchronous
         self._pool: ThreadPoolExecutor | None = None
@@ -74,24 +61,6 @@ class Batches:
     @property
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
-
-    def indices(self, batch: int) -> torch.Tensor:
-        epoch, i = divmod(batch, self.steps_per_epoch)
-        perm = self._perms.get(epoch)
-        if perm is None:  # deterministic: two threads racing here compute the same tensor
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            perm = self._perms[epoch] = torch.randperm(len(self.train_y), generator=g)
-            self._perms.pop(epoch - 2, None)
-        j = i * self.replicas + self.replica  # this replica's slice of the global batch
-        return perm[j * self.batch_size:(j + 1) * self.batch_size]
-
-    def shard(self, replica: int, replicas: int) -> None:
-        """Replica d of D reads slice d of every global batch of D x batch_size samples (by batch id)."""
-        if len(self.train_y) < replicas * self.batch_size:
-            raise FRError(f"replicas={replicas} x batch_size={self.batch_size} is larger than the "
-                          f"{len(self.train_y)} training samples: lower batch_size or replicas")
-        self.replica, self.replicas = replica, replicas
-        self.steps_per_epoch = len(self.train_y) // (replicas * self.batch_size)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
@@ -128,10 +97,7 @@ class Batches:
 
     def test_inputs(self, e: int) -> torch.Tensor:
         """Test batch e, zero-padded to batch_size so that it fits the links."""
-        x = self._normalize(self.test_x[e * self.batch_size:(e + 1) * self.batch_size])
-        if len(x) < self.batch_size:
-            x = torch.cat([x, x.new_zeros(self.batch_size - len(x), *x.shape[1:])])
-        return x
+        return pad(self._normalize(self.test_x[e * self.batch_size:(e + 1) * self.batch_size]), self.batch_size)
 
     def test_labels(self, e: int) -> torch.Tensor:
         """Labels of the real samples of test batch e (fewer than batch_size at the end)."""
