@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from fr_dist import algos, data as datasets
 from fr_dist.config import Config, check_synth
 from fr_dist.errors import FRError
-from fr_dist.models import build_blocks
+from fr_dist.models import build_blocks, check_options as check_model
 from fr_dist.models.probes import output_spec
 from fr_dist.optim import make_lr, make_optimizer
 from fr_dist.partition import stage_cuts
@@ -74,6 +74,8 @@ def make_run_dir(rt: Runtime, run_dir: str | None) -> Path:
 def stage_blocks(rt: Runtime, c: Config, in_shape, classes: int) -> tuple[nn.Module, list[int]]:
     """This stage's blocks (built whole on every rank from the seed, for an identical init) and every cut."""
     def build():
+        if c.data.name == "custom":  # validate could not check the model against the data's shape: known now
+            check_model(c.model, in_shape)
         torch.manual_seed(c.seed)
         blocks = build_blocks(c.model, in_shape, classes)
         # partition=profiled: the same checks (K <= blocks) on every rank; rank 0 measures the cuts below
@@ -170,7 +172,7 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
         OmegaConf.save(raw, path / ".hydra" / "config.yaml")
         OmegaConf.save(OmegaConf.create(overrides), path / ".hydra" / "overrides.yaml")
 
-    # Data: stage 0 needs inputs, the last stage labels; both use one sampler.
+    # Data: stage 0 needs inputs, the last stage labels; both use one sampler (data/order.py).
     def load():
         if k not in (0, K - 1):
             return None
@@ -180,10 +182,10 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
         return batches
 
     data = together(rt, load)
-    box = [(data.in_shape, data.classes, data.steps_per_epoch, data.test_batches, len(data.test_y))
+    box = [(data.in_shape, data.in_dtype, data.classes, data.steps_per_epoch, data.test_batches, data.test_size)
            if k == 0 else None]
     torch.distributed.broadcast_object_list(box, src=0, group=rt.control)
-    in_shape, classes, steps_per_epoch, test_batches, test_size = box[0]
+    in_shape, in_dtype, classes, steps_per_epoch, test_batches, test_size = box[0]
     if data is not None:
         data.pin = device.type == "cuda"
 
@@ -198,8 +200,9 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
             out = output_spec(module, spec, device)
         return link_spec(out, c.precision) if k < K - 1 else out
 
-    # Stage 0's input is the data as loaded (fp32; its ring slots too): autocast casts it where an op wants bf16.
-    in_spec, out_spec = negotiate_shapes(rt, ((c.batch_size, *in_shape), torch.float32), spec_of)
+    # Stage 0's input is the data as loaded (fp32 or token ids; its ring slots too): autocast casts it where an op
+    # wants bf16.
+    in_spec, out_spec = negotiate_shapes(rt, ((c.batch_size, *in_shape), in_dtype), spec_of)
     if c.compile:  # after the probe, which runs rank after rank: the warm-up below compiles on all ranks at once
         compile_module(module)
 

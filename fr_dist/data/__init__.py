@@ -11,24 +11,31 @@ from fr_dist.data.augment import augment
 from fr_dist.data.order import BatchOrder, pad
 from fr_dist.errors import FRError
 
-# Input shape (C, H, W) of each real dataset; synthetic data takes data.shape.
+# Input shape (C, H, W) of each real dataset; synthetic data takes data.shape, custom data its sample 0's.
 SHAPES = {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
-SYNTHETIC_ONLY = ("shape", "classes", "train_size", "test_size")
+# The keys only some datasets take: the others refuse them when changed.
+OWN_KEYS = {"synthetic": ("shape", "classes", "train_size", "test_size"),
+            "custom": ("_target_", "classes", "args", "workers", "prefetch_factor")}
 
 
-def check_options(data, batch_size: int) -> tuple[int, ...]:
+def check_options(data, batch_size: int) -> tuple[int, ...] | None:
     """Refuse bad `data` options (config.DataConfig) at start-up; the input shape the model gets.
 
-    A real dataset's size is checked against batch_size when it is loaded.
+    A real dataset's size is checked against batch_size when it is loaded, and
+    a user's dataset (data=custom, shape None here) there as well.
     """
     from fr_dist.config import DataConfig
 
+    default = DataConfig()
+    for key in dict.fromkeys(k for keys in OWN_KEYS.values() for k in keys):
+        owners = [name for name, keys in OWN_KEYS.items() if key in keys]
+        if data.name not in owners and getattr(data, key) != getattr(default, key):
+            raise FRError(f"data.{key}={show(getattr(data, key))} applies to "
+                          f"{' and '.join(f'data={o}' for o in owners)} only; data={data.name} has its own: "
+                          f"remove the override")
+    if data.name == "custom":
+        return check_custom(data)
     if data.name != "synthetic":
-        default = DataConfig()
-        for key in SYNTHETIC_ONLY:
-            if getattr(data, key) != getattr(default, key):
-                raise FRError(f"data.{key}={show(getattr(data, key))} applies to data=synthetic only; "
-                              f"data={data.name} has its own: remove the override")
         return SHAPES[data.name]
     int_list("data.shape", data.shape, [3, 32, 32], empty=False)
     integer("data.classes", data.classes, low=2)
@@ -43,8 +50,24 @@ def check_options(data, batch_size: int) -> tuple[int, ...]:
     return tuple(data.shape)
 
 
+def check_custom(data) -> None:
+    """data=custom: the options; the datasets themselves are checked when loaded (custom.load_custom)."""
+    if not data._target_:
+        raise FRError("data._target_ is not set: give it on the command line, e.g. data._target_=pkg.fn returning "
+                      "(train, test) datasets")
+    for key, value in (("augment", data.augment), ("data_root", data.data_root)):
+        if value:
+            raise FRError(f"data.{key}={show(value)} applies to the built-in datasets, not data=custom: remove it "
+                          f"and do it in your datasets (their paths and options: +data.args.KEY=VALUE)")
+    integer("data.classes", data.classes, low=2)
+    integer("data.workers", data.workers, low=0, fix="set data.workers=0 (read in the rank's own process) or more")
+    integer("data.prefetch_factor", data.prefetch_factor)
+
+
 class Batches(BatchOrder):
     """Training and test batches of one dataset in memory, addressed by batch id."""
+
+    in_dtype = torch.float32  # inputs are normalised
 
     def __init__(self, train_x, train_y, test_x, test_y, classes: int, batch_size: int, seed: int,
                  mean=None, std=None, augment: bool = False):
@@ -106,6 +129,10 @@ class Batches(BatchOrder):
 
 def load(data, batch_size: int, seed: int) -> Batches:
     """Batches for the `data` config section (see config.DataConfig)."""
+    if data.name == "custom":
+        from fr_dist.data.custom import load_custom
+
+        return load_custom(data, batch_size, seed)
     if data.name == "synthetic":
         from fr_dist.data.synthetic import make_synthetic
 

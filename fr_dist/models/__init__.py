@@ -28,10 +28,11 @@ def options(name: str) -> list[str]:
     return [p for p in inspect.signature(fn).parameters if p not in ("depth", "in_shape", "classes")]
 
 
-def check_options(model: dict, in_shape: tuple[int, ...]) -> None:
+def check_options(model: dict, in_shape: tuple[int, ...] | None) -> None:
     """Refuse a built-in model's unknown or bad options, or inputs it cannot take (config.validate calls it).
 
-    A user's model (``_target_``) is checked when it is built.
+    A user's model (``_target_``) is checked when it is built; the input shape
+    of a user's data (None here) when it is loaded (build.stage_blocks).
     """
     if "_target_" in model:
         return
@@ -46,7 +47,7 @@ def check_options(model: dict, in_shape: tuple[int, ...]) -> None:
             raise FRError(f"model.{key}={show(value)} is not an option of model={name} "
                           f"(its options: {', '.join(known)}): remove it")
         OPTION_CHECKS[key](value)
-    if name != "mlp" and len(in_shape) != 3:
+    if name != "mlp" and in_shape is not None and len(in_shape) != 3:
         raise FRError(f"model={name} needs images (C, H, W), but the data's shape is {show(list(in_shape))}: "
                       f"set data.shape=[C,H,W] (e.g. data.shape=[3,32,32]) or use model=mlp")
 
