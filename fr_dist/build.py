@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from fr_dist import algos, data as datasets
 from fr_dist.config import Config, check_synth
 from fr_dist.errors import FRError
-from fr_dist.models import build_blocks
+from fr_dist.models import build_blocks, check_options as check_model
 from fr_dist.models.probes import output_spec
 from fr_dist.optim import make_lr, make_optimizer
 from fr_dist.partition import stage_cuts
@@ -74,6 +74,8 @@ def make_run_dir(rt: Runtime, run_dir: str | None) -> Path:
 def stage_blocks(rt: Runtime, c: Config, in_shape, classes: int, tokens: bool) -> tuple[nn.Module, list[int]]:
     """This stage's blocks (built whole on every rank from the seed, for an identical init) and every cut."""
     def build():
+        if c.data.name == "custom":  # validate could not check the model against the data's shape: known now
+            check_model(c.model, in_shape, tokens)
         torch.manual_seed(c.seed)
         blocks = build_blocks(c.model, in_shape, classes)
         # partition=profiled: the same checks (K <= blocks) on every rank; rank 0 measures the cuts below
@@ -170,7 +172,7 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
         OmegaConf.save(raw, path / ".hydra" / "config.yaml")
         OmegaConf.save(OmegaConf.create(overrides), path / ".hydra" / "overrides.yaml")
 
-    # Data: stage 0 needs inputs, the last stage labels; both use one sampler.
+    # Data: stage 0 needs inputs, the last stage labels; both use one sampler (data/order.py).
     def load():
         if k not in (0, K - 1):
             return None

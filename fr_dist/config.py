@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -24,9 +24,13 @@ from fr_dist.checks import (
 )
 from fr_dist.errors import FRError
 
-DATASETS = ("synthetic", "fashion_mnist", "cifar10", "cifar100", "python_docs")
+DATASETS = ("synthetic", "fashion_mnist", "cifar10", "cifar100", "python_docs", "custom")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 PRECISIONS = ("fp32", "bf16")
+# What a missing value (???) is for, after "give it on the command line".
+MISSING_HINTS = {"model._target_": ", e.g. model._target_=pkg.fn returning the model's blocks",
+                 "data._target_": ", e.g. data._target_=pkg.fn returning (train, test) datasets",
+                 "data.classes": ", the number of classes of your labels"}
 # Fixed bounds, the same on every rank: 1e5 threads cannot start, a timeout of 1e300 s overflows torch's.
 MAX_THREADS, MAX_TIMEOUT_S = 1024, 86400
 
@@ -62,11 +66,15 @@ class DataConfig:
     name: str = "synthetic"
     data_root: Optional[str] = None  # where dataset files live (searched first)
     shape: list = field(default_factory=lambda: [3, 32, 32])  # synthetic only: C, H, W
-    classes: int = 10  # synthetic only
+    classes: int = 10  # synthetic and custom only
     train_size: int = 2048  # synthetic only
     test_size: int = 512  # synthetic only
     augment: bool = False  # crop with padding 4 and horizontal flip (training only)
     seq_len: int = 128  # text only (python_docs): tokens per window, at most model.block_size
+    _target_: Optional[str] = None  # custom only: pkg.fn returning (train, test) map-style Datasets of (x, y) pairs
+    args: Dict[str, Any] = field(default_factory=dict)  # custom only: fn's own keyword arguments (+data.args.KEY=V)
+    workers: int = 2  # custom only: DataLoader worker processes per reading rank (0: read in the rank's process)
+    prefetch_factor: int = 2  # custom only: batches each worker reads ahead (with workers > 0)
 
 
 @dataclass
@@ -199,11 +207,10 @@ def validate(cfg: DictConfig, world_size: int) -> Config:
         raise FRError(converted(e.full_key, e.msg, raw, Config, "")) from None
     _merge_chosen(merged, cfg, "algo", algo, ALGO_OPTIONS[name])
     _merge_chosen(merged, cfg, "optim", optim, OPTIM_OPTIONS[optimizer])
-    missing = sorted(key for key in _missing_keys(merged))
+    missing = sorted(_missing_keys(cfg))  # as composed: the schema's defaults would hide a ??? over them
     if missing:  # a ??? the user must fill, e.g. model=custom without model._target_
         raise FRError(f"{missing[0]} is not set: give it on the command line ({missing[0]}=VALUE)"
-                      + (", e.g. model._target_=pkg.fn returning the model's blocks" if missing[0] == "model._target_"
-                         else ""))
+                      + MISSING_HINTS.get(missing[0], ""))
     c: Config = OmegaConf.to_object(merged)
     _check_run(c, world_size)
     _check_optim(c.optim)

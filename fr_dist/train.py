@@ -89,7 +89,7 @@ def train(c: Config, raw, rt: groups.Runtime, run_dir: str | None, overrides: li
 
     watchdog = Watchdog(stage.engine.links.values(), c.fail_timeout_s, hung).start() if rt.backend == "nccl" else None
     summary = {"algo": c.algo.name, "splits": rt.stages, "replicas": rt.replicas, "model": c.model.get("name", c.model.get("_target_")),
-               "data": c.data.name, "seed": c.seed, "status": "running"}
+               "data": c.data._target_ or c.data.name, "seed": c.seed, "status": "running"}
     try:
         loop.run(c, plan, stage, progress, reporter, resume(plan, stage, progress, reporter, c.resume))
         summary["status"] = "ok"

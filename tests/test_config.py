@@ -190,8 +190,9 @@ E = re.escape  # a message expected word for word
     (["batch_size=3000"], E("batch_size=3000 is larger than data.train_size=2048: use batch_size <= 2048")),
     (["data.augment=true", "data.shape=[3]"], E("data.augment=true crops and flips images, but data.shape=[3] "
                                                 "is not (C, H, W)")),
-    (["data.name=fashion_mnist", "data.classes=3"], E("data.classes=3 applies to data=synthetic only; "
-                                                      "data=fashion_mnist has its own: remove the override")),
+    (["data.name=fashion_mnist", "data.classes=3"], E("data.classes=3 applies to data=synthetic and "
+                                                      "data=custom only; data=fashion_mnist has its own: remove "
+                                                      "the override")),
     (["data.name=cifar10", "data.shape=[1,2,2]"], E("data.shape=[1,2,2] applies to data=synthetic only")),
 ])
 def test_config_errors(overrides, match):

@@ -1,10 +1,4 @@
-"""Datasets in memory, a deterministic sampler, and batches by batch id.
-
-Training batch b belongs to epoch b // steps_per_epoch; each epoch is a
-permutation drawn from (seed, epoch) and the last partial batch is dropped, so
-every link carries one fixed shape. Stage 0 and the last stage compute the same
-indices independently: the last stage gets exactly the labels of its batch.
-"""
+"""Datasets in memory, and batches by batch id (the sampler: order.BatchOrder)."""
 
 from __future__ import annotations
 
@@ -14,35 +8,41 @@ import torch
 
 from fr_dist.checks import int_list, integer, reason, show
 from fr_dist.data.augment import augment
+from fr_dist.data.order import BatchOrder, pad
 from fr_dist.errors import FRError
 
-# Input shape (C, H, W) of each real dataset; synthetic data takes data.shape.
+# Input shape (C, H, W) of each real dataset; synthetic data takes data.shape, custom data its sample 0's.
 SHAPES = {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
-SYNTHETIC_ONLY = ("shape", "classes", "train_size", "test_size")
+# The keys only some datasets take: the others refuse them when changed.
+OWN_KEYS = {"synthetic": ("shape", "classes", "train_size", "test_size"),
+            "custom": ("_target_", "classes", "args", "workers", "prefetch_factor"),
+            "python_docs": ("seq_len",)}
 TEXT = ("python_docs",)  # token datasets: inputs and labels are windows of byte ids (data/text.py)
 
 
-def check_options(data, batch_size: int) -> tuple[int, ...]:
+def check_options(data, batch_size: int) -> tuple[int, ...] | None:
     """Refuse bad `data` options (config.DataConfig) at start-up; the input shape the model gets.
 
-    A real dataset's size is checked against batch_size when it is loaded.
+    A real dataset's size is checked against batch_size when it is loaded, and
+    a user's dataset (data=custom, shape None here) there as well.
     """
     from fr_dist.config import DataConfig
 
     default = DataConfig()
-    if data.name not in TEXT and data.seq_len != default.seq_len:
-        raise FRError(f"data.seq_len={show(data.seq_len)} applies to text data only ({', '.join(TEXT)}): "
-                      f"remove the override")
+    for key in dict.fromkeys(k for keys in OWN_KEYS.values() for k in keys):
+        owners = [name for name, keys in OWN_KEYS.items() if key in keys]
+        if data.name not in owners and getattr(data, key) != getattr(default, key):
+            raise FRError(f"data.{key}={show(getattr(data, key))} applies to "
+                          f"{' and '.join(f'data={o}' for o in owners)} only; data={data.name} has its own: "
+                          f"remove the override")
+    if data.name == "custom":
+        return check_custom(data)
+    if data.name in TEXT:
+        integer("data.seq_len", data.seq_len)
+        if data.augment:
+            raise FRError("data.augment=true crops and flips images; text has none: set data.augment=false")
+        return (data.seq_len,)
     if data.name != "synthetic":
-        for key in SYNTHETIC_ONLY:
-            if getattr(data, key) != getattr(default, key):
-                raise FRError(f"data.{key}={show(getattr(data, key))} applies to data=synthetic only; "
-                              f"data={data.name} has its own: remove the override")
-        if data.name in TEXT:
-            integer("data.seq_len", data.seq_len)
-            if data.augment:
-                raise FRError("data.augment=true crops and flips images; text has none: set data.augment=false")
-            return (data.seq_len,)
         return SHAPES[data.name]
     int_list("data.shape", data.shape, [3, 32, 32], empty=False)
     integer("data.classes", data.classes, low=2)
@@ -57,26 +57,33 @@ def check_options(data, batch_size: int) -> tuple[int, ...]:
     return tuple(data.shape)
 
 
-class Batches:
-    """Training and test batches of one dataset, addressed by batch id."""
+def check_custom(data) -> None:
+    """data=custom: the options; the datasets themselves are checked when loaded (custom.load_custom)."""
+    if not data._target_:
+        raise FRError("data._target_ is not set: give it on the command line, e.g. data._target_=pkg.fn returning "
+                      "(train, test) datasets")
+    for key, value in (("augment", data.augment), ("data_root", data.data_root)):
+        if value:
+            raise FRError(f"data.{key}={show(value)} applies to the built-in datasets, not data=custom: remove it "
+                          f"and do it in your datasets (their paths and options: +data.args.KEY=VALUE)")
+    integer("data.classes", data.classes, low=2)
+    integer("data.workers", data.workers, low=0, fix="set data.workers=0 (read in the rank's own process) or more")
+    integer("data.prefetch_factor", data.prefetch_factor)
+
+
+class Batches(BatchOrder):
+    """Training and test batches of one dataset in memory, addressed by batch id."""
 
     def __init__(self, train_x, train_y, test_x, test_y, classes: int, batch_size: int, seed: int,
                  mean=None, std=None, augment: bool = False, tokens: bool = False):
-        if len(train_y) < batch_size:
-            raise FRError(
-                f"batch_size={batch_size} is larger than the {len(train_y)} training samples: "
-                f"use batch_size <= {len(train_y)}"
-            )
+        super().__init__(len(train_y), len(test_y), batch_size, seed)
         self.train_x, self.train_y, self.test_x, self.test_y = train_x, train_y, test_x, test_y
-        self.classes, self.batch_size, self.seed, self.augment = classes, batch_size, seed, augment
+        self.classes, self.augment = classes, augment
         self.tokens = tokens  # inputs and labels are token ids (N, T): int64, no normalisation
+        self.in_dtype = torch.int64 if tokens else torch.float32  # what stage 0 gets (images are normalised)
         c = train_x.shape[1]
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1) if mean else None
         self.std = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1) if std else None
-        self.steps_per_epoch = len(train_y) // batch_size
-        self.test_batches = -(-len(test_y) // batch_size)
-        self.replica, self.replicas = 0, 1
-        self._perms: dict[int, torch.Tensor] = {}  # epoch -> permutation (read by two threads)
         self._prefetch = None  # (batch, future) of the next training inputs
         self.pin = False  # CUDA stages: prefetched inputs in pinned memory, so the copy to the GPU is asynchronous
         self._pool: ThreadPoolExecutor | None = None
@@ -84,29 +91,6 @@ class Batches:
     @property
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
-
-    @property
-    def in_dtype(self) -> torch.dtype:
-        """What stage 0 gets: token ids, or float features."""
-        return torch.int64 if self.tokens else torch.float32
-
-    def indices(self, batch: int) -> torch.Tensor:
-        epoch, i = divmod(batch, self.steps_per_epoch)
-        perm = self._perms.get(epoch)
-        if perm is None:  # deterministic: two threads racing here compute the same tensor
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            perm = self._perms[epoch] = torch.randperm(len(self.train_y), generator=g)
-            self._perms.pop(epoch - 2, None)
-        j = i * self.replicas + self.replica  # this replica's slice of the global batch
-        return perm[j * self.batch_size:(j + 1) * self.batch_size]
-
-    def shard(self, replica: int, replicas: int) -> None:
-        """Replica d of D reads slice d of every global batch of D x batch_size samples (by batch id)."""
-        if len(self.train_y) < replicas * self.batch_size:
-            raise FRError(f"replicas={replicas} x batch_size={self.batch_size} is larger than the "
-                          f"{len(self.train_y)} training samples: lower batch_size or replicas")
-        self.replica, self.replicas = replica, replicas
-        self.steps_per_epoch = len(self.train_y) // (replicas * self.batch_size)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.tokens:
@@ -145,10 +129,7 @@ class Batches:
 
     def test_inputs(self, e: int) -> torch.Tensor:
         """Test batch e, zero-padded to batch_size so that it fits the links."""
-        x = self._normalize(self.test_x[e * self.batch_size:(e + 1) * self.batch_size])
-        if len(x) < self.batch_size:
-            x = torch.cat([x, x.new_zeros(self.batch_size - len(x), *x.shape[1:])])
-        return x
+        return pad(self._normalize(self.test_x[e * self.batch_size:(e + 1) * self.batch_size]), self.batch_size)
 
     def test_labels(self, e: int) -> torch.Tensor:
         """Labels of the real samples of test batch e (fewer than batch_size at the end)."""
@@ -157,6 +138,10 @@ class Batches:
 
 def load(data, batch_size: int, seed: int) -> Batches:
     """Batches for the `data` config section (see config.DataConfig)."""
+    if data.name == "custom":
+        from fr_dist.data.custom import load_custom
+
+        return load_custom(data, batch_size, seed)
     if data.name == "synthetic":
         from fr_dist.data.synthetic import make_synthetic
 

@@ -34,10 +34,11 @@ def options(name: str) -> list[str]:
     return [p for p in inspect.signature(fn).parameters if p not in ("depth", "in_shape", "classes")]
 
 
-def check_options(model: dict, in_shape: tuple[int, ...], tokens: bool = False) -> None:
+def check_options(model: dict, in_shape: tuple[int, ...] | None, tokens: bool = False) -> None:
     """Refuse a built-in model's unknown or bad options, or inputs it cannot take (config.validate calls it).
 
-    A user's model (``_target_``) is checked when it is built.
+    A user's model (``_target_``) is checked when it is built; the input shape
+    of a user's data (None here) when it is loaded (build.stage_blocks).
     """
     if "_target_" in model:
         return
@@ -53,11 +54,12 @@ def check_options(model: dict, in_shape: tuple[int, ...], tokens: bool = False) 
                           f"(its options: {', '.join(known)}): remove it")
         OPTION_CHECKS[key](value)
     if name == "gpt":
-        _check_gpt(model, in_shape, tokens)
+        if in_shape is not None:  # a user's data: checked once loaded (build.stage_blocks)
+            _check_gpt(model, in_shape, tokens)
         return
-    if tokens:
+    if tokens and in_shape is not None:
         raise FRError(f"model={name} takes float features, but the data are token ids: use model=gpt for text")
-    if name != "mlp" and len(in_shape) != 3:
+    if name != "mlp" and in_shape is not None and len(in_shape) != 3:
         raise FRError(f"model={name} needs images (C, H, W), but the data's shape is {show(list(in_shape))}: "
                       f"set data.shape=[C,H,W] (e.g. data.shape=[3,32,32]) or use model=mlp")
 

@@ -29,7 +29,7 @@ def accuracy(model: torch.nn.Module, batches) -> float:
     for e in range(batches.test_batches):
         y = batches.test_labels(e)
         correct += int((model(batches.test_inputs(e))[: len(y)].argmax(1) == y).sum())
-    return correct / len(batches.test_y)
+    return correct / batches.test_size
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[evaluate] error: {e}", file=sys.stderr)
         return 1
     acc = accuracy(model, batches)
-    print(f"[evaluate] test_acc {acc:.4f} on {len(batches.test_y)} samples of {c.data.name}")
+    print(f"[evaluate] test_acc {acc:.4f} on {batches.test_size} samples of {c.data.name}")
     return 0
 
 

@@ -129,7 +129,7 @@ def test_gpt_refusals(overrides, match, corpus):
 
 
 def test_seq_len_is_refused_for_images():
-    with pytest.raises(FRError, match="data.seq_len=16 applies to text data only"):
+    with pytest.raises(FRError, match="data.seq_len=16 applies to data=python_docs only"):
         validate(compose(["data=synthetic", "+data.seq_len=16"]), world_size=1)
 
 
