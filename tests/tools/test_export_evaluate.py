@@ -56,7 +56,8 @@ def test_language_model_evaluation_is_the_loss_per_token(gpt_run, capsys):
     assert evaluate.validation_loss(model, data) == pytest.approx(want, rel=1e-6)
     assert summary["val_loss"] == pytest.approx(want, rel=1e-6)
     assert evaluate.main([str(run_dir)]) == 0
-    assert f"val_loss {want:.4f} val_ppl {math.exp(want):.4f} on {data.test_y.numel()} tokens" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"val_loss {want:.4f} val_ppl {math.exp(want):.4f} on {data.test_y.numel()} tokens" in out
 
 
 def test_export_refuses_a_run_without_checkpoint(tmp_path, capsys):
