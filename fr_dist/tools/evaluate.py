@@ -2,12 +2,17 @@
 
     python -m fr_dist.evaluate RUN_DIR_OR_MODEL_PT [data=... data.data_root=... batch_size=...]
 
-The data section defaults to the run's own (RUN_DIR/.hydra/config.yaml, or
-the run directory two levels above an exported model.pt); overrides change it.
+A classifier gets its test accuracy; a language model (text data) its validation
+loss per token and perplexity over every validation window.
+
+The data section defaults to the run's own (the overrides in RUN_DIR/.hydra/overrides.yaml;
+for a model.pt, those of the run directory it lies in, where export writes it); overrides
+change it.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -18,7 +23,8 @@ from fr_dist import data as datasets
 from fr_dist.compose import compose
 from fr_dist.config import validate
 from fr_dist.errors import FRError
-from fr_dist.tools.export import find, merge, plain_model
+from fr_dist.models.objective import cross_entropy
+from fr_dist.tools.export import load, plain_model
 
 
 @torch.no_grad()
@@ -32,6 +38,21 @@ def accuracy(model: torch.nn.Module, batches) -> float:
     return correct / batches.test_size
 
 
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, batches) -> float:
+    """Mean cross entropy per token over every validation window, in eval mode.
+
+    Summed per batch and divided once, as the trainer's evaluation does, so the two agree.
+    """
+    model.eval()
+    loss_sum, tokens = 0.0, 0
+    for e in range(batches.test_batches):
+        y = batches.test_labels(e)
+        loss_sum += float(cross_entropy(model(batches.test_inputs(e))[: len(y)].float(), y, reduction="sum"))
+        tokens += y.numel()
+    return loss_sum / tokens
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0].startswith("-"):
@@ -39,12 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     path, overrides = Path(argv[0]), argv[1:]
     try:
-        if path.is_file():
-            exported = torch.load(path, map_location="cpu", weights_only=False)
-            run_dir = path.parent
-        else:
-            directory = find(path)
-            exported, run_dir = merge(directory), directory.parent.parent
+        exported, run_dir = load(path)
         saved = run_dir / ".hydra" / "overrides.yaml"
         base = list(OmegaConf.load(saved)) if saved.exists() else []
         raw = compose([*base, *overrides])
@@ -54,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except FRError as e:
         print(f"[evaluate] error: {e}", file=sys.stderr)
         return 1
+    if batches.tokens:
+        loss = validation_loss(model, batches)
+        print(f"[evaluate] val_loss {loss:.4f} val_ppl {math.exp(min(loss, 700.0)):.4f} on "  # exp overflows
+              f"{batches.test_y.numel()} tokens ({len(batches.test_y)} windows) of {c.data.name}")
+        return 0
     acc = accuracy(model, batches)
     print(f"[evaluate] test_acc {acc:.4f} on {batches.test_size} samples of {c.data.name}")
     return 0

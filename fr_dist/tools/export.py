@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from fr_dist.runtime import checkpoint
@@ -59,6 +60,23 @@ def find(path: Path) -> Path:
     if latest is None:
         raise FRError(f"no complete checkpoint under {path}: give a run directory or a checkpoints/step_N folder")
     return latest
+
+
+def load(path: Path) -> tuple[dict, Path]:
+    """The exported model at `path` (a model.pt, or merged from a run directory or checkpoint folder) and the
+    run directory it came from (a model.pt's own folder, where export writes it)."""
+    if not path.is_file():
+        directory = find(path)
+        return merge(directory), directory.parent.parent
+    try:
+        exported = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # not a torch file, or a damaged one
+        raise FRError(f"cannot read {path} as an exported model ({type(e).__name__}): give a model.pt written by "
+                      f"python -m fr_dist.export, a run directory or a checkpoints/step_N folder") from None
+    if not (isinstance(exported, dict) and {"model", "meta"} <= exported.keys()):
+        raise FRError(f"{path} is not an exported model (no model and meta entries): give a model.pt written by "
+                      f"python -m fr_dist.export, a run directory or a checkpoints/step_N folder")
+    return exported, path.parent
 
 
 def main(argv: list[str] | None = None) -> int:

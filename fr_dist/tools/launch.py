@@ -36,8 +36,9 @@ from fr_dist.config import validate
 from fr_dist.errors import FRError
 
 ROWS_DIR = ".launch"  # in the sweep directory: one JSON row per finished point
-COLUMNS = ["point", "algo", "splits", "seed", "status", "test_acc", "final_train_loss", "samples_per_s",
-           "wall_s", "peak_mem_bytes", "overrides"]
+# test_acc is a classifier's, val_loss and tokens_per_s a language model's: each kind leaves the other's empty
+COLUMNS = ["point", "algo", "splits", "seed", "status", "test_acc", "val_loss", "final_train_loss", "samples_per_s",
+           "tokens_per_s", "wall_s", "peak_mem_bytes", "overrides"]
 _exit_code = 0  # of the job or sweep run through Hydra, set by _task / SweepResults
 
 
@@ -247,8 +248,8 @@ def _get(cfg, key: str):
 
 def summary_row(summary: dict) -> dict:
     """The results columns of one summary.json."""
-    row = {k: summary.get(k) for k in ("algo", "splits", "seed", "status", "test_acc", "final_train_loss",
-                                       "samples_per_s", "wall_s")}
+    row = {k: summary.get(k) for k in ("algo", "splits", "seed", "status", "test_acc", "val_loss", "final_train_loss",
+                                       "samples_per_s", "tokens_per_s", "wall_s")}
     row["peak_mem_bytes"] = ";".join(str(s.get("peak_mem_bytes")) for s in summary.get("stages") or [])
     return row
 
@@ -277,7 +278,7 @@ def markdown_table(rows: list[dict], only_varying: bool = False) -> str:
     def cell(key, v):
         if v is None:
             return ""
-        if isinstance(v, float) and key in ("test_acc", "final_train_loss"):
+        if isinstance(v, float) and key in ("test_acc", "val_loss", "final_train_loss"):
             return f"{v:.4f}"
         return str(v).replace("|", "\\|").replace("\n", " ")
 

@@ -8,12 +8,15 @@ into that path, or into ``--out DIR``:
   time (the rows' ``time_s`` when logged, else accumulated from each row's samples_per_s:
   start-up and evaluation excluded);
 - test_acc_vs_epoch.png, test_acc_vs_time.png: test accuracy of the evaluation rows;
+- val_loss_vs_step.png, val_loss_vs_time.png: a language model's validation loss per token
+  (its perplexity on the right-hand axis), instead of the accuracy;
 - sigma_vs_step.png, cos_vs_step.png: when rows carry keys starting with ``sigma`` or
   ``cos`` (the sufficient-direction diagnostic), one curve per key, one panel per line.
 
 One line per (algo, splits), plus any other setting whose value differs between the
 runs; runs that differ only in their seed are averaged. Two markdown tables are printed:
-one row per run, and one per line (mean ± std over seeds, memory, sigma).
+one row per run, and one per line (mean ± std over seeds, memory, sigma; a language
+model's validation loss and tokens/s where a classifier has its accuracy and samples/s).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DIAG_PREFIXES = ("sigma", "cos")
+EVAL_KEYS = ("test_acc", "val_loss")  # an evaluation row's score: a classifier's, a language model's
 IGNORED_OVERRIDES = ("seed", "algo", "splits", "progress", "hydra.", "wandb.")
 
 
@@ -43,6 +47,11 @@ class Run:
     @property
     def train_rows(self) -> list[dict]:
         return [r for r in self.rows if "loss" in r]
+
+    @property
+    def language_model(self) -> bool:
+        """Scored by validation loss per token (its rows say so before its first evaluation: tokens_per_s)."""
+        return "val_loss" in self.summary or any("val_loss" in r or "tokens_per_s" in r for r in self.rows)
 
     def times(self) -> dict[int, float]:
         """Seconds of training up to each logged training step (worked out once).
@@ -85,8 +94,8 @@ def load_run(d: Path) -> Run:
         except json.JSONDecodeError:
             continue  # a row cut short by a crash
         if "step" in row:  # a resumed run logs some steps again: the last row wins
-            by_key[(row["step"], "test_acc" in row, "loss" in row)] = row
-    rows = sorted(by_key.values(), key=lambda r: (r["step"], "test_acc" in r))
+            by_key[(row["step"], _evaluation(row), "loss" in row)] = row
+    rows = sorted(by_key.values(), key=lambda r: (r["step"], _evaluation(r)))
     run = Run(d, summary, rows)
     from omegaconf import OmegaConf
 
@@ -104,6 +113,10 @@ def load_run(d: Path) -> Run:
                 if not _ignored(key):
                     run.overrides[key] = value
     return run
+
+
+def _evaluation(row: dict) -> bool:
+    return any(k in row for k in EVAL_KEYS)
 
 
 def _ignored(key: str) -> bool:
@@ -159,21 +172,27 @@ def _short(v: float) -> str:
 
 
 def line_table(runs: list[Run]) -> str:
-    """One markdown row per line of the figures: test accuracy and final training loss as
-    mean ± sample standard deviation over its runs that finished (failed ones are counted),
-    each stage's peak activation memory (the largest over its runs), and the whole model's
-    sufficient-direction sigma over all its measurements (when the runs had `diag_every`)."""
-    out = ["| line | runs | test_acc | final_train_loss | samples/s | peak activations MiB per stage "
-           "| sigma mean (min) |", "|---|---|---|---|---|---|---|"]
+    """One markdown row per line of the figures: test accuracy (a language model's final and best
+    validation loss) and final training loss as mean ± sample standard deviation over its runs
+    that finished (failed ones are counted), samples/s (tokens/s), each stage's peak activation
+    memory (the largest over its runs), and the whole model's sufficient-direction sigma over all
+    its measurements (when the runs had `diag_every`). A table of both kinds has both columns."""
+    language_models, classifiers = any(r.language_model for r in runs), not all(r.language_model for r in runs)
+    scores = ["test_acc"] * classifiers + ["val_loss", "best_val_loss"] * language_models
+    speeds = [("samples_per_s", "samples/s")] * classifiers + [("tokens_per_s", "tokens/s")] * language_models
+    header = ["line", "runs", *scores, "final_train_loss", *(name for _, name in speeds),
+              "peak activations MiB per stage", "sigma mean (min)"]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, group in lines(runs).items():
         mem = [max(m) for m in zip(*[[s.get("peak_mem_bytes") or 0 for s in r.summary["stages"]]
                                      for r in group if r.summary.get("stages")])]
-        speed = [r.summary["samples_per_s"] for r in group if r.summary.get("samples_per_s")]
-        failed = sum(r.summary.get("status") != "ok" for r in group)  # e.g. a non-finite loss: no test_acc
+        failed = sum(r.summary.get("status") != "ok" for r in group)  # e.g. a non-finite loss: no score
         cells = [label, f"{len(group)}, {failed} failed" if failed else str(len(group)),
-                 _mean_std([r.summary.get("test_acc") for r in group]),
-                 _mean_std([r.summary.get("final_train_loss") for r in group]),
-                 f"{sum(speed) / len(speed):.0f}" if speed else "", "/".join(f"{m / 2**20:.1f}" for m in mem)]
+                 *(_mean_std([r.summary.get(key) for r in group]) for key in [*scores, "final_train_loss"])]
+        for key, _ in speeds:
+            speed = [r.summary[key] for r in group if r.summary.get(key)]
+            cells.append(f"{sum(speed) / len(speed):.0f}" if speed else "")
+        cells.append("/".join(f"{m / 2**20:.1f}" for m in mem))
         sigma = [row["sigma"] for r in group for row in r.rows if isinstance(row.get("sigma"), (int, float))]
         cells.append(f"{_short(sum(sigma) / len(sigma))} ({_short(min(sigma))})" if sigma else "")
         out.append("| " + " | ".join(cells) + " |")
@@ -211,7 +230,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _figure(path: Path, curves: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str) -> Path | None:
+def _figure(path: Path, curves: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str,
+            perplexity: bool = False) -> Path | None:
+    """One figure of `curves`; `perplexity`: the y values are losses per token, exp(y) is read on the right."""
     if not curves:
         return None
     fig, ax = _pyplot().subplots(figsize=(7, 4.5))
@@ -219,6 +240,13 @@ def _figure(path: Path, curves: dict[str, tuple[list, list]], xlabel: str, ylabe
         ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    if perplexity:
+        import numpy as np
+
+        # clipped both ways: the axis maps every tick, not only the data's, and exp overflows past 709 (log of 0)
+        axis = ax.secondary_yaxis("right", functions=(lambda y: np.exp(np.minimum(y, 700.0)),
+                                                      lambda ppl: np.log(np.maximum(ppl, 1e-300))))
+        axis.set_ylabel("perplexity")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
@@ -265,7 +293,10 @@ FIGURES = (("loss_vs_step", "loss", _step, "step", "training loss", "Training lo
            ("test_acc_vs_epoch", "test_acc", lambda run, row: row.get("epoch"), "epoch", "test accuracy",
             "Test accuracy"),
            ("test_acc_vs_time", "test_acc", lambda run, row: run.time_at(row["step"], row), "training time (s)",
-            "test accuracy", "Test accuracy against time"))
+            "test accuracy", "Test accuracy against time"),
+           ("val_loss_vs_step", "val_loss", _step, "step", "validation loss per token", "Validation loss"),
+           ("val_loss_vs_time", "val_loss", lambda run, row: run.time_at(row["step"], row), "training time (s)",
+            "validation loss per token", "Validation loss against time"))
 
 
 def plot(runs: list[Run], root: Path) -> list[Path]:
@@ -274,7 +305,8 @@ def plot(runs: list[Run], root: Path) -> list[Path]:
     if not runs:
         return []
     named = lines(runs)
-    written = [_figure(root / f"{name}.png", _mean_curves(named, _points(y, x)), xlabel, ylabel, title)
+    written = [_figure(root / f"{name}.png", _mean_curves(named, _points(y, x)), xlabel, ylabel, title,
+                       perplexity=y == "val_loss")
                for name, y, x, xlabel, ylabel, title in FIGURES]
     for prefix in DIAG_PREFIXES:
         keys = sorted({k for r in runs for row in r.rows for k, v in row.items()

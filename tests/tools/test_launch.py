@@ -40,8 +40,8 @@ def test_sweep_writes_one_row_per_point_equal_to_its_summary(sweep):
     assert proc.returncode == 1, proc.stdout + proc.stderr  # two points failed: the sweep says so
     rows = read_csv(d / "results.csv")
     assert [r["point"] for r in rows] == [str(i) for i in range(6)]
-    assert list(rows[0])[:10] == ["point", *SUMMARY_KEYS[:4], "test_acc", "final_train_loss", "samples_per_s",
-                                  "wall_s", "peak_mem_bytes"]
+    assert list(rows[0])[:12] == ["point", *SUMMARY_KEYS[:4], "test_acc", "val_loss", "final_train_loss",
+                                  "samples_per_s", "tokens_per_s", "wall_s", "peak_mem_bytes"]
     ok = [r for r in rows if r["status"] == "ok"]
     assert sorted((r["splits"], r["algo"]) for r in ok) == [("1", "bp"), ("1", "fr"), ("2", "bp"), ("2", "fr")]
     for row in ok:
@@ -50,9 +50,25 @@ def test_sweep_writes_one_row_per_point_equal_to_its_summary(sweep):
             expected = summary[key]
             assert (float(row[key]) == expected) if isinstance(expected, float) else (row[key] == str(expected)), key
         assert row["peak_mem_bytes"] == ";".join(str(s["peak_mem_bytes"]) for s in summary["stages"])
+        assert row["val_loss"] == row["tokens_per_s"] == ""  # a language model's
         assert len(row["peak_mem_bytes"].split(";")) == int(row["splits"])
     md = (d / "results.md").read_text().splitlines()
     assert md[0].startswith("| point | algo | splits | seed | status |") and len(md) == 2 + 6
+
+
+def test_language_model_rows_have_val_loss_and_tokens_per_s(gpt_run, tmp_path):
+    """A GPT run's summary as a point's row: val_loss and tokens_per_s filled, test_acc empty."""
+    from fr_dist.tools.launch import ROWS_DIR, summary_row, write_results
+
+    _, _, summary = gpt_run
+    (tmp_path / ROWS_DIR).mkdir()
+    (tmp_path / ROWS_DIR / "0.json").write_text(json.dumps({"point": "0", **summary_row(summary), "num": 0}))
+    write_results(tmp_path)
+    [row] = read_csv(tmp_path / "results.csv")
+    assert float(row["val_loss"]) == summary["val_loss"] and float(row["tokens_per_s"]) == summary["tokens_per_s"]
+    assert row["test_acc"] == ""
+    header, _, cells = (line.split(" | ") for line in (tmp_path / "results.md").read_text().splitlines())
+    assert cells[header.index("val_loss")] == f"{summary['val_loss']:.4f}"
 
 
 def test_failed_point_is_a_row_and_its_message_comes_last(sweep):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,80 @@ def test_labels_ignore_keys_of_other_algorithms(tmp_path):
         fake_run(tmp_path / str(i), algo, 2, 0, diag=False)
         (tmp_path / str(i) / ".hydra" / "config.yaml").write_text(f"batch_size: 8\nepochs: {i + 1}\n{extra}")
     assert plot.labels(plot.find_runs(tmp_path)) == ["fr K=2 epochs=1", "dni K=2 epochs=2"]
+
+
+def fake_lm_run(d: Path, algo: str, seed: int, val_loss: float, tokens_per_s: float) -> None:
+    """A language model's files: training rows with tokens_per_s, evaluation rows of val_loss and val_ppl every
+    5 steps, and a diagnostic row at an evaluation's step."""
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "config.yaml").write_text("batch_size: 4\n")
+    (d / ".hydra" / "overrides.yaml").write_text(f"- algo={algo}\n- seed={seed}\n")
+    rows = []
+    for s in range(1, 21):
+        loss = 5.5 * math.exp(-s / 20) + seed
+        rows.append({"step": s, "epoch": s / 10, "loss": loss, "samples_per_s": 10.0, "tokens_per_s": 80.0,
+                     "time_s": 0.1 * s})
+        if s % 5 == 0:
+            rows.append({"step": s, "epoch": s / 10, "val_loss": loss + 0.1, "val_ppl": math.exp(loss + 0.1),
+                         "time_s": 0.1 * s})
+            rows.append({"step": s, "epoch": s / 10, "sigma": 0.5})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "summary.json").write_text(json.dumps({
+        "algo": algo, "splits": 2, "seed": seed, "status": "ok", "val_loss": val_loss, "best_val_loss": val_loss - 0.1,
+        "val_ppl": math.exp(val_loss), "final_train_loss": val_loss - 0.2, "samples_per_s": tokens_per_s / 8,
+        "tokens_per_s": tokens_per_s, "stages": [{"peak_mem_bytes": 2**20}] * 2}))
+
+
+def test_language_model_runs_get_validation_loss_figures(tmp_path, monkeypatch):
+    for i, seed in enumerate([0, 1]):
+        fake_lm_run(tmp_path / str(i), "fr", seed, val_loss=2.0, tokens_per_s=80.0)
+    runs = plot.find_runs(tmp_path)
+    assert all(r.language_model for r in runs)
+    evaluations = [r for r in runs[0].rows if "val_loss" in r]
+    assert [r["step"] for r in evaluations] == [5, 10, 15, 20]  # beside the diagnostic rows of the same steps
+    saved = {}
+    original = plot._save
+
+    def keep_axes(fig, path):  # after drawing: the secondary axis sets its limits then
+        written = original(fig, path)
+        saved[path.name] = [(ax.get_ylabel(), ax.get_ylim()) for ax in (fig.axes[0], *fig.axes[0].child_axes)]
+        return written
+
+    monkeypatch.setattr(plot, "_save", keep_axes)
+    written = {p.name for p in plot.plot(runs, tmp_path)}
+    assert written == {"loss_vs_step.png", "loss_vs_time.png", "val_loss_vs_step.png", "val_loss_vs_time.png",
+                       "sigma_vs_step.png"}
+    for name in ("val_loss_vs_step.png", "val_loss_vs_time.png"):
+        (loss_label, loss_limits), (ppl_label, ppl_limits) = saved[name]
+        assert loss_label == "validation loss per token" and ppl_label == "perplexity"
+        assert ppl_limits == pytest.approx(tuple(math.exp(y) for y in loss_limits))  # the right axis is exp(left)
+    assert not (tmp_path / "test_acc_vs_epoch.png").exists()
+
+
+def test_line_table_of_language_models_by_hand(tmp_path):
+    runs = [("fr", 0, 2.0, 100.0), ("fr", 1, 2.5, 200.0), ("bp", 0, 3.0, 50.0)]
+    for i, (algo, seed, val_loss, speed) in enumerate(runs):
+        fake_lm_run(tmp_path / str(i), algo, seed, val_loss, speed)
+    rows = plot.line_table(plot.find_runs(tmp_path)).splitlines()
+    assert rows[0] == ("| line | runs | val_loss | best_val_loss | final_train_loss | tokens/s "
+                       "| peak activations MiB per stage | sigma mean (min) |")
+
+    def mean_std(values):
+        return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+    fr = [v for a, _, v, _ in runs if a == "fr"]
+    assert rows[2] == (f"| fr K=2 (2 seeds) | 2 | {mean_std(fr)} | {mean_std([v - 0.1 for v in fr])} "
+                       f"| {mean_std([v - 0.2 for v in fr])} | 150 | 1.0/1.0 | 0.50 (0.50) |")
+    _, _, bp_loss, bp_speed = runs[2]  # one run: no std
+    bp_cells = [f"{bp_loss:.4f}", f"{bp_loss - 0.1:.4f}", f"{bp_loss - 0.2:.4f}"]
+    assert rows[3] == f"| bp K=2 | 1 | {' | '.join(bp_cells)} | {bp_speed:.0f} | 1.0/1.0 | 0.50 (0.50) |"
+    # with a classifier among them: both kinds of columns, each line's own filled
+    fake_run(tmp_path / "3", "ddg", 2, 0, diag=False)
+    summary = json.loads((tmp_path / "3" / "summary.json").read_text())
+    (tmp_path / "3" / "summary.json").write_text(json.dumps(dict(summary, test_acc=0.5, samples_per_s=30.0)))
+    mixed = [[cell.strip() for cell in row.strip("|").split("|")]
+             for row in plot.line_table(plot.find_runs(tmp_path)).splitlines()]
+    assert mixed[0][2:8] == ["test_acc", "val_loss", "best_val_loss", "final_train_loss", "samples/s", "tokens/s"]
+    bp, ddg = mixed[3][2:8], mixed[4][2:8]
+    assert bp == ["", *bp_cells, f"{bp_speed / 8:.0f}", f"{bp_speed:.0f}"]  # a language model has samples/s too
+    assert ddg == ["0.5000", "", "", "", "30", ""]
