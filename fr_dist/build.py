@@ -214,7 +214,8 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
     if name == "dni":  # a user's model: its synthetic-gradient model must fit the features it sends
         together(rt, check_synth, c.algo.synth, len(out_spec[0]) if k < K - 1 else None, c.model.get("_target_"))
     algo = algos.PIPELINES.get(name) or algos.ALGOS[name]
-    worker = algo.Worker(module, k, K, device, optimizer, lr_of, in_spec, c.algo, c.optim.clip_grad_norm)
+    worker = algo.Worker(module, k, K, device, optimizer, lr_of, in_spec, c.algo, c.optim.clip_grad_norm,
+                         steps_per_epoch=steps_per_epoch)
     probe = TrueGradient(module, k, device) if c.diag_every else None
     engine = Engine(worker, data, make_links(rt, in_spec, out_spec), device, probe, autocast)
     if rt.replicas > 1 and optimizer is not None:

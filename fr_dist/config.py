@@ -37,9 +37,27 @@ MAX_THREADS, MAX_TIMEOUT_S = 1024, 86400
 
 @dataclass
 class AlgoConfig:
-    """fr, bp and ddg: no options of their own."""
+    """bp: no options of its own."""
 
     name: str = "fr"  # fr, bp, ddg, dni, gpipe, 1f1b (ALGO_OPTIONS)
+
+
+@dataclass
+class DelayedConfig(AlgoConfig):
+    """ddg: compensations for a stage that applies its gradient tau_k = K-1-k iterations after its forward
+    (docs/DESIGN.md, Staleness compensation). The last stage (tau = 0) is never changed."""
+
+    spike_compensation: bool = False  # SGD momentum step w -= lr (m^tau v + (1 - m^tau) / (1 - m) g)
+    delay_warmup_epochs: Optional[float] = None  # lr / tau^(1 - min(b / T_w, 1)) over T_w epochs (null: off)
+    grad_shrink: Optional[float] = None  # beta in (0, 1]: each stage scales the error gradient it receives (null: off)
+
+
+@dataclass
+class FRConfig(DelayedConfig):
+    """fr: DDG's compensations, and two of its own."""
+
+    weight_prediction: bool = False  # forward batch t with w - lr tau v, the weights its replay will see
+    replay_chunks: int = 1  # the replay's forward and backward in this many slices of the batch (must divide it)
 
 
 @dataclass
@@ -57,8 +75,8 @@ class PipeConfig(AlgoConfig):
 
 
 # Each algorithm's options: `algo.KEY` of another algorithm is refused at start-up.
-ALGO_OPTIONS = {"fr": AlgoConfig, "bp": AlgoConfig, "ddg": AlgoConfig, "dni": DNIConfig, "gpipe": PipeConfig,
-                "1f1b": PipeConfig}
+ALGO_OPTIONS = {"fr": FRConfig, "bp": AlgoConfig, "ddg": DelayedConfig, "dni": DNIConfig,
+                "gpipe": PipeConfig, "1f1b": PipeConfig}
 
 
 @dataclass
@@ -325,6 +343,30 @@ def _check_algo(c: Config) -> None:
         check_microbatches(name, c.microbatches, c.batch_size, c.splits)
     if c.diag_every and name in ("gpipe", "1f1b"):
         raise FRError(f"diag_every needs a stage-wise update; algo={name} has none: set diag_every=0")
+    if isinstance(c.algo, DelayedConfig):
+        check_staleness(c.algo, c.optim, c.batch_size)
+
+
+def check_staleness(a: DelayedConfig, o: OptimConfig, batch_size: int) -> None:
+    """The staleness compensations of fr and ddg, and what they cannot be combined with."""
+    number("algo.delay_warmup_epochs", a.delay_warmup_epochs, 1.0, open_low=True, null=True)
+    if a.grad_shrink is not None and not (is_number(a.grad_shrink) and 0 < a.grad_shrink <= 1):
+        refuse("algo.grad_shrink", a.grad_shrink, "a number in (0, 1] or null", "set e.g. algo.grad_shrink=0.9")
+    momentum_rules = [("spike_compensation", a.spike_compensation)]
+    if isinstance(a, FRConfig):
+        momentum_rules.append(("weight_prediction", a.weight_prediction))
+        integer("algo.replay_chunks", a.replay_chunks)
+        if batch_size % a.replay_chunks:
+            divisor = max(d for d in range(1, min(a.replay_chunks, batch_size) + 1) if batch_size % d == 0)
+            raise FRError(f"algo.replay_chunks={a.replay_chunks} must divide batch_size={batch_size} (equal slices): "
+                          f"choose a divisor, e.g. algo.replay_chunks={divisor}")
+    for key, on in momentum_rules:
+        if on and o.name != "sgd":
+            raise FRError(f"algo.{key}=true is defined for SGD with momentum, not optim={o.name}: "
+                          f"set algo.{key}=false or optim=sgd")
+        if on and o.momentum <= 0:
+            raise FRError(f"algo.{key}=true needs optim.momentum > 0 (got {o.momentum}): set algo.{key}=false or "
+                          f"e.g. optim.momentum=0.9")
 
 
 def check_synth(synth: str, dims: int | None, model) -> None:

@@ -63,14 +63,44 @@ def decayed(module: nn.Module) -> list[nn.Parameter]:
 
 
 def apply_gradient(optimizer: torch.optim.Optimizer, module: nn.Module, lr: float,
-                   clip_grad_norm: float | None) -> None:
+                   clip_grad_norm: float | None, spike_tau: int | None = None) -> None:
     """Apply the stage's accumulated gradient with rate `lr`, first clipped to norm `clip_grad_norm` (null: not):
-    the norm of this stage's gradient alone (docs/DESIGN.md, section 4: the optimizer)."""
+    the norm of this stage's gradient alone (docs/DESIGN.md, section 4: the optimizer). `spike_tau`: the SGD step
+    with spike compensation for a gradient that delay old (None: the optimizer's own step)."""
     if clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(module.parameters(), clip_grad_norm)
     set_lr(optimizer, lr)
-    optimizer.step()
+    if spike_tau is None:
+        optimizer.step()
+    else:
+        spike_step(optimizer, spike_tau)
     optimizer.zero_grad(set_to_none=False)  # reuse the gradient buffers
+
+
+@torch.no_grad()
+def spike_step(optimizer: torch.optim.SGD, tau: int) -> None:
+    """torch.optim.SGD's momentum step with spike compensation (Kosson et al., MLSys 2021) for delay `tau`.
+
+    g = grad + weight_decay w, v <- m v + g (v = g at the first step), w <- w - lr (a v + b g) with
+    a = m^n, b = (1 - m^n) / (1 - m), n = tau + 1 for Nesterov, else tau. Every g still contributes
+    lr / (1 - m) in total, but tau steps earlier. tau = 0 is torch's step, bit for bit (a = 1, b = 0;
+    Nesterov a = m, b = 1). Works on the optimizer's own momentum buffers, so its checkpoints are torch's.
+    """
+    for group in optimizer.param_groups:
+        m, lr, decay = group["momentum"], group["lr"], group["weight_decay"]
+        n = tau + 1 if group["nesterov"] else tau
+        a, b = m ** n, (1 - m ** n) / (1 - m)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            g = p.grad if decay == 0 else p.grad.add(p, alpha=decay)
+            state = optimizer.state[p]
+            v = state.get("momentum_buffer")
+            if v is None:
+                v = state["momentum_buffer"] = torch.clone(g).detach()
+            else:
+                v.mul_(m).add_(g)
+            p.add_(g.mul(b).add_(v, alpha=a), alpha=-lr)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -12,6 +12,15 @@ bfloat16. Stage 0's input stays as given.
 
 `clip_grad_norm` (backprop, gradient_accumulation, features_replay) clips the
 norm of each stage's own gradient to it before the stage's step.
+
+Staleness compensation (features_replay and ddg; docs/DESIGN.md): stage k's
+delay is tau = K-1-k, and each rule changes only stages with tau > 0.
+`spike` steps with w -= lr (m^n v + (1 - m^n) / (1 - m) g), n = tau (+1 with
+Nesterov); `warmup_batches` divides the rate of batch b by
+tau^(1 - min(b / T_w, 1)); `shrink` multiplies each received error gradient by
+beta; features_replay's `prediction` forwards batch t with w - lr(t) tau v and
+`replay_chunks` replays a batch in that many slices, one after another from the
+forward's RNG state, their gradients summed.
 """
 
 from __future__ import annotations
@@ -46,6 +55,50 @@ def _compute(precision: str):
     if precision == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _stage_rate(lr_of, tau: int, warmup_batches: float | None):
+    """The rate of a stage with delay tau: PipeMare's delay warm-up over `warmup_batches`, or lr_of itself."""
+    if warmup_batches is None or tau <= 1:
+        return lr_of
+    return lambda b: lr_of(b) / tau ** (1 - min(b / warmup_batches, 1))
+
+
+@torch.no_grad()
+def _step(optimizer, tau: int, spike: bool) -> None:
+    """The optimizer's step, or with `spike` (and tau > 0) SGD's momentum step with spike compensation,
+    written out on the optimizer's momentum buffers."""
+    if not spike or tau == 0:
+        optimizer.step()
+        return
+    for group in optimizer.param_groups:
+        m = group["momentum"]
+        n = tau + 1 if group["nesterov"] else tau
+        a, b = m ** n, (1 - m ** n) / (1 - m)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            g = p.grad
+            if group["weight_decay"] != 0:
+                g = g.add(p, alpha=group["weight_decay"])
+            state = optimizer.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = g.clone()
+            else:
+                state["momentum_buffer"].mul_(m).add_(g)
+            direction = g.mul(b).add_(state["momentum_buffer"], alpha=a)
+            p.add_(direction, alpha=-group["lr"])
+
+
+def _predicted(stage: nn.Module, optimizer, lr: float, tau: int) -> nn.Module:
+    """A copy of `stage` at w - lr tau v (v: each parameter's momentum buffer, where it has one)."""
+    model = copy.deepcopy(stage)
+    with torch.no_grad():
+        for p, q in zip(stage.parameters(), model.parameters()):
+            v = optimizer.state[p].get("momentum_buffer") if p in optimizer.state else None
+            if v is not None:
+                q.add_(v, alpha=-(lr * tau))
+    return model
 
 
 def _boundary(t: torch.Tensor, precision: str) -> torch.Tensor:
@@ -101,7 +154,9 @@ def gradient_accumulation(model: nn.Module, batches, lr_of, make_optimizer, M: i
 
 
 def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int],
-                    before_steps=None, precision: str = "fp32", clip_grad_norm: float | None = None) -> list[float]:
+                    before_steps=None, precision: str = "fp32", clip_grad_norm: float | None = None,
+                    spike: bool = False, prediction: bool = False, warmup_batches: float | None = None,
+                    shrink: float | None = None, replay_chunks: int = 1) -> list[float]:
     """Features Replay with K = len(stages) stages, simulated; returns the losses.
 
     Iteration t: every stage k < K-1 forwards batch t without a graph and stores
@@ -117,6 +172,7 @@ def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, see
     """
     K, T = len(stages), len(batches)
     optimizers = [make_optimizer(s.parameters()) for s in stages]
+    rates = [_stage_rate(lr_of, K - 1 - k, warmup_batches) for k in range(K)]
     rng = []
     for seed in seeds:
         torch.manual_seed(seed)
@@ -131,8 +187,12 @@ def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, see
             torch.set_rng_state(rng[k])
             if t < T and k < K - 1:
                 stored[k].append((t, x.clone(), torch.get_rng_state()))
+                forward = _predicted(stage, optimizers[k], rates[k](t), K - 1 - k) if prediction else stage
                 with torch.no_grad(), _compute(precision):
-                    x = _boundary(stage(x), precision)
+                    x = _boundary(forward(x), precision)
+                if forward is not stage:  # the statistics the forward produced
+                    for name, value in forward.named_buffers():
+                        stage.get_buffer(name).copy_(value)
             elif t < T:
                 x_in = x.detach().requires_grad_(k > 0)
                 with _compute(precision):
@@ -149,20 +209,26 @@ def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, see
                 assert b == old
                 buffers = copy.deepcopy(dict(stage.named_buffers()))
                 torch.set_rng_state(state)
-                x_in = x_old.requires_grad_(k > 0)
-                with _compute(precision):
-                    stage(x_in).backward(grads.pop((k, b)))
+                g = grads.pop((k, b))
+                if shrink is not None:
+                    g = g * shrink
+                input_grads = []
+                for x_part, g_part in zip(x_old.chunk(replay_chunks), g.chunk(replay_chunks)):
+                    x_in = x_part.detach().requires_grad_(k > 0)
+                    with _compute(precision):
+                        stage(x_in).backward(g_part)
+                    input_grads.append(x_in.grad)
                 for name, value in buffers.items():  # the replay does not count as statistics
                     stage.get_buffer(name).copy_(value)
                 if k > 0:
-                    new_grads[(k - 1, b)] = _boundary(x_in.grad, precision)
+                    new_grads[(k - 1, b)] = _boundary(torch.cat(input_grads), precision)
                 updates[k] = b
         if before_steps is not None:
             before_steps(t, updates)
         for k, b in updates.items():
             _clip(stages[k], clip_grad_norm)
-            _set_lr(optimizers[k], lr_of(b))
-            optimizers[k].step()
+            _set_lr(optimizers[k], rates[k](b))
+            _step(optimizers[k], K - 1 - k, spike)
             optimizers[k].zero_grad()
         grads.update(new_grads)
     assert not grads and not any(stored), "every batch is applied exactly once"
@@ -170,7 +236,8 @@ def features_replay(stages: list[nn.Module], batches, lr_of, make_optimizer, see
 
 
 def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int],
-        precision: str = "fp32") -> list[float]:
+        precision: str = "fp32", spike: bool = False, warmup_batches: float | None = None,
+        shrink: float | None = None) -> list[float]:
     """Decoupled parallel backprop with delayed gradients (Huo et al. 2018), simulated.
 
     The schedule of `features_replay`, but stage k < K-1 forwards batch t with
@@ -183,6 +250,7 @@ def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int
     """
     K, T = len(stages), len(batches)
     optimizers = [make_optimizer(s.parameters()) for s in stages]
+    rates = [_stage_rate(lr_of, K - 1 - k, warmup_batches) for k in range(K)]
     rng = []
     for seed in seeds:
         torch.manual_seed(seed)
@@ -222,14 +290,17 @@ def ddg(stages: list[nn.Module], batches, lr_of, make_optimizer, seeds: list[int
             if k < K - 1 and 0 <= old < T:
                 b, old_stage, x_in, h = stored[k].pop(0)
                 assert b == old
+                g = grads.pop((k, b))
+                if shrink is not None:
+                    g = g * shrink
                 with _compute(precision):
-                    h.backward(grads.pop((k, b)))
+                    h.backward(g)
                 for p, p_old in zip(stage.parameters(), old_stage.parameters()):
                     p.grad = p_old.grad  # the old forward's gradient, applied to the current weights
                 if k > 0:
                     new_grads[(k - 1, b)] = _boundary(x_in.grad, precision)
-                _set_lr(optimizers[k], lr_of(b))
-                optimizers[k].step()
+                _set_lr(optimizers[k], rates[k](b))
+                _step(optimizers[k], K - 1 - k, spike)
                 optimizers[k].zero_grad()
         grads.update(new_grads)
     assert not grads and not any(stored), "every batch is applied exactly once"

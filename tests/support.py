@@ -59,9 +59,19 @@ def simulation_inputs(K: int, overrides: list[str]):
     return c, data, stages, batches, lr_of, make_optimizer, make_synth_optimizer, seeds
 
 
+def staleness(c, steps_per_epoch: int) -> dict:
+    """The simulators' keywords for the staleness compensations that `c.algo` (fr or ddg) turns on."""
+    a = c.algo
+    warmup = None if a.delay_warmup_epochs is None else a.delay_warmup_epochs * steps_per_epoch
+    options = {"spike": a.spike_compensation, "warmup_batches": warmup, "shrink": a.grad_shrink}
+    if a.name == "fr":
+        options.update(prediction=a.weight_prediction, replay_chunks=a.replay_chunks)
+    return options
+
+
 def reference(K: int, overrides: list[str]):
     """Per-stage state dicts and losses of the single-process simulator (in the run's precision)."""
-    c, _, stages, batches, lr_of, make_optimizer, _, seeds = simulation_inputs(K, overrides)
+    c, data, stages, batches, lr_of, make_optimizer, _, seeds = simulation_inputs(K, overrides)
     torch.set_num_threads(1)  # the ranks run one thread each: same reduction order
     clip = c.optim.clip_grad_norm
     if K == 1:
@@ -69,7 +79,7 @@ def reference(K: int, overrides: list[str]):
                           clip_grad_norm=clip)
     else:
         losses = features_replay(stages, batches, lr_of, make_optimizer, seeds, precision=c.precision,
-                                 clip_grad_norm=clip)
+                                 clip_grad_norm=clip, **staleness(c, data.steps_per_epoch))
     return [s.state_dict() for s in stages], losses
 
 
@@ -147,7 +157,7 @@ def run_reference(algo: str, K: int, overrides: list[str]):
     if K == 1:
         losses = simulators.backprop(stages[0], batches, lr_of, make_optimizer, seeds[0])
     elif algo == "ddg":
-        losses = simulators.ddg(stages, batches, lr_of, make_optimizer, seeds)
+        losses = simulators.ddg(stages, batches, lr_of, make_optimizer, seeds, **staleness(c, data.steps_per_epoch))
     elif algo == "dni":
         losses = simulators.dni(stages, synth_models(stages, c, data.in_shape, data.in_dtype), batches, lr_of, make_optimizer,
                                make_synth_optimizer, seeds)

@@ -53,8 +53,11 @@ E = re.escape  # a message expected word for word
     (["+batchsize=1"], E("batchsize=1 is not a configuration key: remove it (did you mean batch_size?)")),
     (["+data.clases=3"], E("data.clases=3 is not a key of data (its keys: name, data_root, shape,")),
     (["+optim.foo=1"], E("optim.foo=1 is not a key of optim")),
-    (["+algo.synth=conv"], E("algo.synth is not an option of algo=fr (its options: none): remove algo.synth='conv', "
-                             "or choose algo=dni, which has it")),
+    (["+algo.synth=conv"], E("algo.synth is not an option of algo=fr (its options: spike_compensation, "
+                             "delay_warmup_epochs, grad_shrink, weight_prediction, replay_chunks): remove "
+                             "algo.synth='conv', or choose algo=dni, which has it")),
+    (["algo=bp", "+algo.grad_shrink=0.5"], E("algo.grad_shrink is not an option of algo=bp (its options: none): "
+                                             "remove algo.grad_shrink=0.5, or choose algo=fr, which has it")),
     (["algo=gpipe", "+algo.synth=conv"], E("algo.synth is not an option of algo=gpipe (its options: checkpoint)")),
     (["algo=dni", "+algo.checkpoint=true"], E("algo.checkpoint is not an option of algo=dni (its options: synth, "
                                               "synth_lr, synth_hidden)")),
@@ -159,6 +162,38 @@ E = re.escape  # a message expected word for word
     (["algo=dni", "algo.synth=linear", "model=resnet8"], E("algo.synth=linear makes a linear synthetic-gradient "
                                                            "model, which needs (N, D) or (N, T, D) features")),
     (["algo=1f1b", "diag_every=5"], E("diag_every needs a stage-wise update; algo=1f1b has none")),
+    # Staleness compensation (fr, ddg).
+    (["algo.spike_compensation=2"], E("algo.spike_compensation=2 must be true or false")),
+    (["algo.delay_warmup_epochs=0"], E("algo.delay_warmup_epochs=0.0 must be a positive number or null: "
+                                       "set e.g. algo.delay_warmup_epochs=1.0")),
+    (["algo=ddg", "algo.delay_warmup_epochs=-1"], E("algo.delay_warmup_epochs=-1.0 must be a positive number")),
+    (["algo.grad_shrink=0"], E("algo.grad_shrink=0.0 must be a number in (0, 1] or null: "
+                               "set e.g. algo.grad_shrink=0.9")),
+    (["algo=ddg", "algo.grad_shrink=1.5"], E("algo.grad_shrink=1.5 must be a number in (0, 1] or null")),
+    (["algo.grad_shrink=nan"], E("algo.grad_shrink=nan must be a number in (0, 1] or null")),
+    (["algo.replay_chunks=0"], E("algo.replay_chunks=0 must be a positive integer: set algo.replay_chunks=1 or more")),
+    (["algo.replay_chunks=1.5"], E("algo.replay_chunks=1.5 must be an integer")),
+    (["algo.replay_chunks=3"], E("algo.replay_chunks=3 must divide batch_size=128 (equal slices): choose a divisor, "
+                                 "e.g. algo.replay_chunks=2")),
+    (["algo.replay_chunks=256"], E("algo.replay_chunks=256 must divide batch_size=128 (equal slices): choose a "
+                                   "divisor, e.g. algo.replay_chunks=128")),
+    (["algo=ddg", "+algo.replay_chunks=2"], E("algo.replay_chunks is not an option of algo=ddg (its options: "
+                                              "spike_compensation, delay_warmup_epochs, grad_shrink): remove "
+                                              "algo.replay_chunks=2, or choose algo=fr, which has it")),
+    (["algo=ddg", "+algo.weight_prediction=true"], E("algo.weight_prediction is not an option of algo=ddg")),
+    (["algo=dni", "+algo.replay_chunks=2"], E("algo.replay_chunks is not an option of algo=dni")),
+    (["algo=gpipe", "+algo.spike_compensation=true"], E("algo.spike_compensation is not an option of algo=gpipe")),
+    (["optim=adamw", "algo.spike_compensation=true"], E("algo.spike_compensation=true is defined for SGD with "
+                                                        "momentum, not optim=adamw: set "
+                                                        "algo.spike_compensation=false or optim=sgd")),
+    (["optim=adamw", "algo.weight_prediction=true"], E("algo.weight_prediction=true is defined for SGD with "
+                                                       "momentum, not optim=adamw")),
+    (["algo=ddg", "optim=adamw", "algo.spike_compensation=true"], E("algo.spike_compensation=true is defined for "
+                                                                    "SGD with momentum, not optim=adamw")),
+    (["optim.momentum=0", "algo.spike_compensation=true"], E("algo.spike_compensation=true needs optim.momentum > 0 "
+                                                             "(got 0.0): set algo.spike_compensation=false or e.g. "
+                                                             "optim.momentum=0.9")),
+    (["optim.momentum=0", "algo.weight_prediction=true"], E("algo.weight_prediction=true needs optim.momentum > 0")),
     # Model options (models.check_options).
     (["model.hidden=[8,-1]"], E("model.hidden=[8,-1]: the element -1 must be a positive integer: "
                                 "set e.g. model.hidden=[64,64,64]")),
@@ -215,6 +250,10 @@ def test_config_errors(overrides, match):
     ["optim=adamw", "optim.betas=[0,0.999]", "optim.eps=1e-12", "optim.weight_decay=0", "optim.clip_grad_norm=1e-6"],
     ["optim=adamw", "optim.schedule.name=step", "optim.schedule.milestones=[2]", "algo=gpipe", "algo=dni"],
     ["optim.clip_grad_norm=5", "optim.schedule.name=onecycle"],
+    ["algo.spike_compensation=true", "algo.weight_prediction=true", "algo.delay_warmup_epochs=0.5",
+     "algo.grad_shrink=1", "algo.replay_chunks=128", "optim.nesterov=true"],
+    ["algo=ddg", "algo.spike_compensation=true", "algo.delay_warmup_epochs=2", "algo.grad_shrink=1e-3"],
+    ["optim=adamw", "algo.delay_warmup_epochs=1", "algo.grad_shrink=0.5", "algo.replay_chunks=2"],
 ])
 def test_config_edges_validate(overrides):
     """Values at the edges of the ranges, and combinations that work, are accepted."""

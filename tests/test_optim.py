@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from fr_dist.algos.base import Worker
 from fr_dist.config import AdamWConfig, OptimConfig, ScheduleConfig, SGDConfig
-from fr_dist.optim import make_lr, make_optimizer
+from fr_dist.optim import make_lr, make_optimizer, spike_step
 
 
 def test_step_schedule_by_hand():
@@ -93,3 +93,66 @@ def test_every_schedule_sets_the_rate_of_every_adamw_group(name):
     for batch in (0, 5, 11, 12, 19, 20, 30, 39):
         worker.step(batch)
         assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([by_hand(name, batch)] * 2, rel=1e-12)
+
+
+def two_steps(optimizer_step, nesterov: bool, weight_decay: float):
+    """Weights after two steps on a fixed pair of gradients, from the same start."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(5))
+    optimizer = torch.optim.SGD([w], lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=weight_decay)
+    for g in torch.randn(2, 5):
+        w.grad = g.clone()
+        optimizer_step(optimizer)
+    return w.detach()
+
+
+@pytest.mark.parametrize("nesterov", [False, True], ids=["momentum", "nesterov"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_spike_step_without_delay_is_torch_sgd_bit_for_bit(nesterov, weight_decay):
+    """tau = 0: a = 1, b = 0 is torch's momentum step; with Nesterov (n = 1) a = m, b = 1 is torch's Nesterov."""
+    want = two_steps(lambda o: o.step(), nesterov, weight_decay)
+    assert torch.equal(two_steps(lambda o: spike_step(o, 0), nesterov, weight_decay), want)
+
+
+@pytest.mark.parametrize("nesterov", [False, True], ids=["momentum", "nesterov"])
+def test_spike_step_by_hand(nesterov):
+    """Two steps with tau = 2, written out: v1 = g1, w1 = w0 - lr (a v1 + b g1); v2 = m v1 + g2,
+    w2 = w1 - lr (a v2 + b g2), a = m^n, b = (1 - m^n) / (1 - m), n = tau (+1 with Nesterov);
+    g includes the weight decay on the weights it is taken at."""
+    lr, m, decay, tau = 0.1, 0.9, 0.01, 2
+    n = tau + 1 if nesterov else tau
+    a, b = m ** n, (1 - m ** n) / (1 - m)
+    torch.manual_seed(0)
+    w0 = torch.randn(5).double()
+    g1, g2 = torch.randn(2, 5).double()
+    d1 = g1 + decay * w0
+    w1 = w0 - lr * (a * d1 + b * d1)
+    d2 = g2 + decay * w1
+    w2 = w1 - lr * (a * (m * d1 + d2) + b * d2)
+    w = nn.Parameter(w0.clone())
+    optimizer = torch.optim.SGD([w], lr=lr, momentum=m, nesterov=nesterov, weight_decay=decay)
+    for g in (g1, g2):
+        w.grad = g.clone()
+        spike_step(optimizer, tau)
+    assert torch.allclose(w.detach(), w2, rtol=0, atol=1e-12)
+
+
+def test_spike_step_keeps_a_gradients_total_contribution():
+    """One gradient, then none: its updates add up to lr / (1 - m) g with or without compensation (here tau = 3);
+    compensation only moves them earlier: the first step moves lr (m^3 + 1 + m + m^2) g instead of lr g."""
+    lr, m, tau = 0.1, 0.5, 3
+    g = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    paths = []
+    for step in (lambda o: o.step(), lambda o: spike_step(o, tau)):
+        w = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+        optimizer = torch.optim.SGD([w], lr=lr, momentum=m)
+        path = []
+        for i in range(200):
+            w.grad = g.clone() if i == 0 else torch.zeros_like(g)
+            step(optimizer)
+            path.append(w.detach().clone())
+        paths.append(path)
+    plain, compensated = paths
+    assert torch.allclose(plain[-1], -lr / (1 - m) * g) and torch.allclose(compensated[-1], plain[-1])
+    assert torch.allclose(plain[0], -lr * g)
+    assert torch.allclose(compensated[0], -lr * (m ** tau + (1 - m ** tau) / (1 - m)) * g)

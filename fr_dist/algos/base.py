@@ -26,14 +26,17 @@ class Worker:
 
     `module` holds this stage's blocks, `lr_of(batch)` gives the rate an update
     for that batch uses, `options` the algorithm's typed options (config.ALGO_OPTIONS),
-    `clip_grad_norm` the norm this stage's gradient is clipped to before a step (None: not).
+    `clip_grad_norm` the norm this stage's gradient is clipped to before a step (None: not),
+    `steps_per_epoch` the batches of an epoch (options given in epochs). `spike_tau`: the delay
+    the SGD step compensates (optim.spike_step; None: the optimizer's own step).
     """
 
     def __init__(self, module: nn.Module, stage: int, K: int, device: torch.device,
                  optimizer: torch.optim.Optimizer | None, lr_of: Callable[[int], float], in_spec, options=None,
-                 clip_grad_norm: float | None = None):
+                 clip_grad_norm: float | None = None, steps_per_epoch: int = 1):
         self.module, self.stage, self.K, self.device = module, stage, K, device
         self.optimizer, self.lr_of, self.clip_grad_norm = optimizer, lr_of, clip_grad_norm
+        self.spike_tau: int | None = None
         self.graph_bytes = SavedBytes(module)
         self.average = None  # with replicas: averages a small model's gradients over them (DNI's M_k)
 
@@ -55,7 +58,7 @@ class Worker:
         """Apply the accumulated gradient of `batch` (with replicas: averaged) with that batch's rate, clipped."""
         if self.optimizer is None:  # a stage without parameters
             return
-        apply_gradient(self.optimizer, self.module, self.lr_of(batch), self.clip_grad_norm)
+        apply_gradient(self.optimizer, self.module, self.lr_of(batch), self.clip_grad_norm, self.spike_tau)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from torch.func import functional_call
 
 from fr_dist.algos import fr
 from fr_dist.algos.base import Worker
+from fr_dist.algos.staleness import Compensation
 
 iterations = fr.iterations
 schedule = fr.schedule
@@ -42,8 +43,11 @@ def _storages(tensors) -> dict[int, int]:
 class Worker(Worker):
     """A non-last DDG stage: a FIFO of K-k stored graphs (snapshot, input, output)."""
 
-    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec, options=None, clip_grad_norm=None):
+    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec, options=None, clip_grad_norm=None,
+                 steps_per_epoch=1):
         super().__init__(module, stage, K, device, optimizer, lr_of, in_spec, options, clip_grad_norm)
+        self.compensation = Compensation(options, stage, K, module, optimizer, lr_of, steps_per_epoch)
+        self.lr_of, self.spike_tau = self.compensation.lr_of, self.compensation.spike_tau
         self.params = dict(module.named_parameters())
         self.buffers = dict(module.named_buffers())
         # (batch, input leaf, output, parameter snapshot, saved-storage sizes or None,
@@ -124,7 +128,7 @@ class Worker(Worker):
             held = self.graphs[0][0] if self.graphs else None
             raise RuntimeError(f"DDG stage {self.stage}: gradient of batch {batch}, but the oldest graph is {held}")
         _, x, h, snapshot, *_ = self.graphs.popleft()
-        h.backward(grad)  # through the old forward: old weights, old activations
+        h.backward(self.compensation.received(grad))  # through the old forward: old weights, old activations
         for name, p in self.params.items():  # the delayed gradient, applied to the current weights
             g = snapshot[name].grad
             if g is None:

@@ -100,7 +100,7 @@ class Worker(Worker):
     """A non-last DNI stage: updates at once with M_k's prediction, trains M_k one batch later."""
 
     def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec, options: DNIConfig | None = None,
-                 clip_grad_norm=None):
+                 clip_grad_norm=None, steps_per_epoch=1):
         super().__init__(module, stage, K, device, optimizer, lr_of, in_spec, options, clip_grad_norm)
         options = options or DNIConfig(name="dni")
         self.synth_kind, self.synth_hidden = options.synth, options.synth_hidden

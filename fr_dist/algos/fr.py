@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from fr_dist.algos.base import Worker
+from fr_dist.algos.staleness import Compensation
 from fr_dist.models.probes import BatchNormState
 from fr_dist.runtime.actions import Action, last_stage, source
 from fr_dist.runtime.ring import RingBuffer
@@ -52,11 +53,15 @@ def schedule(stage: int, K: int, t: int, T: int) -> list[Action]:
 class Worker(Worker):
     """A non-last FR stage: forward without a graph, replay from the ring buffer."""
 
-    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec, options=None, clip_grad_norm=None):
+    def __init__(self, module, stage, K, device, optimizer, lr_of, in_spec, options=None, clip_grad_norm=None,
+                 steps_per_epoch=1):
         super().__init__(module, stage, K, device, optimizer, lr_of, in_spec, options, clip_grad_norm)
+        self.compensation = Compensation(options, stage, K, module, optimizer, lr_of, steps_per_epoch)
+        self.lr_of, self.spike_tau = self.compensation.lr_of, self.compensation.spike_tau
         shape, dtype = in_spec
         self.ring = RingBuffer(K - stage, shape, dtype, device) if stage < K - 1 else None
         self.bn = BatchNormState(module)  # the replay leaves the statistics as the forward left them
+        self.chunks = getattr(options, "replay_chunks", 1)
         self.cuda = device.type == "cuda"
 
     @property
@@ -73,22 +78,35 @@ class Worker(Worker):
     def forward(self, batch: int, x: torch.Tensor) -> torch.Tensor:
         cpu_rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.cuda else None
-        with torch.no_grad():
+        with torch.no_grad(), self.compensation.predicted(batch):
             h = self.module(x)
         self.ring.push(batch, x, cpu_rng, cuda_rng)
         return h
 
     def backward(self, batch: int, grad: torch.Tensor) -> torch.Tensor | None:
+        """Replay `batch` with the current weights and backpropagate `grad`, in `replay_chunks` slices.
+
+        Slices hold 1/M of the graph at a time; their parameter gradients add up in .grad. The RNG is
+        restored once, before the first slice: the slices draw dropout masks one after another, which are
+        the forward's only when M = 1; BatchNorm normalises each slice by its own statistics.
+        """
         x, cpu_rng, cuda_rng = self.ring.pop(batch)  # raises unless the oldest is `batch`
-        x = x.detach().requires_grad_(self.stage > 0)
+        grad = self.compensation.received(grad)
+        needs_grad = self.stage > 0
         self.bn.save()
         # Same dropout masks as the forward, without advancing the stream.
         with torch.random.fork_rng(devices=[self.device] if self.cuda else []):
             torch.set_rng_state(cpu_rng)
             if self.cuda:
                 torch.cuda.set_rng_state(cuda_rng, self.device)
-            with self.graph_bytes(x):
-                h = self.module(x)
-        h.backward(grad)
+            grads_x = []
+            for xc, gc in zip(x.chunk(self.chunks), grad.chunk(self.chunks)):
+                xc = xc.detach().requires_grad_(needs_grad)
+                with self.graph_bytes(x):
+                    h = self.module(xc)
+                h.backward(gc)
+                grads_x.append(xc.grad)
         self.bn.restore()  # after the backward, not before (models/probes.py says why)
-        return x.grad
+        if not needs_grad:
+            return None
+        return grads_x[0] if self.chunks == 1 else torch.cat(grads_x)

@@ -23,11 +23,14 @@ def losses_after(run_dir: Path, step: int) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r and r["step"] > step]
 
 
-@pytest.mark.parametrize("K,model,cut,optim", [(2, "mlp", 6, []), (3, "resnet8", 9, []),
-                                               (2, "mlp", 6, ["optim=adamw", "optim.clip_grad_norm=0.5"])])
+@pytest.mark.parametrize("K,model,cut,optim", [
+    (2, "mlp", 6, []), (3, "resnet8", 9, []), (2, "mlp", 6, ["optim=adamw", "optim.clip_grad_norm=0.5"]),
+    (3, "mlp", 6, ["algo.spike_compensation=true", "algo.weight_prediction=true", "algo.delay_warmup_epochs=1.5",
+                   "algo.grad_shrink=0.7", "algo.replay_chunks=2"])])
 def test_resume_equals_uninterrupted(K, model, cut, optim, tmp_path):
     """N steps straight equal N/2 steps, stop, resume, the rest: parameters and per-step losses, bit for bit
-    (AdamW's moments and step counts are in the optimizer's checkpoint like SGD's momentum)."""
+    (AdamW's moments and step counts are in the optimizer's checkpoint like SGD's momentum, which the
+    staleness compensations read)."""
     overrides = (MLP if model == "mlp" else RESNET8) + COMMON + ["algo=fr", "ckpt_every=3", "ckpt_keep=10", *optim]
     straight = tmp_path / "straight"
     want_states, _, _ = distributed(K, overrides, straight)
