@@ -77,7 +77,7 @@ def stage_blocks(rt: Runtime, c: Config, in_shape, classes: int, tokens: bool) -
         if c.data.name == "custom":  # validate could not check the model against the data's shape: known now
             check_model(c.model, in_shape, tokens)
         torch.manual_seed(c.seed)
-        blocks = build_blocks(c.model, in_shape, classes)
+        blocks = build_blocks(c.model, in_shape, classes, tokens)
         # partition=profiled: the same checks (K <= blocks) on every rank; rank 0 measures the cuts below
         cuts = stage_cuts(len(blocks), c.splits, "uniform" if c.partition == "profiled" else c.partition)
         if c.compile and c.algo.name == "fr" and c.splits > 1:
@@ -225,8 +225,9 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
     if name in algos.PIPELINES:
         pipeline = algo.pipeline(module, k, K, device, optimizer, lr_of, in_spec, out_spec, c.algo,
                                  c.microbatches, data, autocast, c.optim.clip_grad_norm)
-    meta = {"format": FORMAT, "algo": name, "splits": K, "replicas": rt.replicas, "replica": rt.replica, "model": dict(c.model), "stage": k, "blocks": [cuts[k], cuts[k + 1]],
-            "batch_size": c.batch_size, "steps": T, "in_shape": list(in_shape), "classes": classes}
+    meta = {"format": FORMAT, "algo": name, "splits": K, "replicas": rt.replicas, "replica": rt.replica,
+            "model": dict(c.model), "stage": k, "blocks": [cuts[k], cuts[k + 1]],
+            "batch_size": c.batch_size, "steps": T, "in_shape": list(in_shape), "classes": classes, "tokens": tokens}
     plan = Plan(algo, T, steps_per_epoch, test_batches, cuts, path, meta, in_shape[-1] if tokens else 0)
     stage = Stage(rt, module, optimizer, engine, lr_of, pipeline)
     if c.compile:  # every graph compiled now, on every rank at once: none of it is training time

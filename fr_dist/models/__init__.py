@@ -79,13 +79,13 @@ def _check_gpt(model: dict, in_shape: tuple[int, ...], tokens: bool) -> None:
                       f"model.block_size={in_shape[0]}")
 
 
-def probe(blocks: list[nn.Module], in_shape, classes: int, what: str) -> None:
+def probe(blocks: list[nn.Module], in_shape, classes: int, what: str, tokens: bool = False) -> None:
     """Run a user's blocks once on two zero samples (eval mode, no gradient, the global RNG untouched).
 
-    A block that fails, or an output that is no (2, classes) tensor, is one
-    FRError at start-up instead of a traceback at the first step.
+    A block that fails, or an output that is no (2, classes) tensor ((2, T, classes) for a sequence model on
+    token ids, `tokens`), is one FRError at start-up instead of a traceback at the first step.
     """
-    x = torch.zeros(2, *in_shape)
+    x = torch.zeros(2, *in_shape, dtype=torch.int64 if tokens else torch.float32)  # token id 0 is a valid id
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         for i, block in enumerate(blocks):
             training = block.training
@@ -99,9 +99,11 @@ def probe(blocks: list[nn.Module], in_shape, classes: int, what: str) -> None:
                 block.train(training)
             if not isinstance(x, torch.Tensor):
                 raise FRError(f"{what}: block {i} returns a {type(x).__name__}; every block must return one tensor")
-    if tuple(x.shape) != (2, classes):
+    want = (2, *in_shape, classes) if tokens else (2, classes)
+    if tuple(x.shape) != want:
+        shape = "(2, T, classes=" if tokens else "(2, classes="
         raise FRError(f"{what}: the last block returns shape {tuple(x.shape)} for 2 samples; it must return "
-                      f"(2, classes={classes}) scores")
+                      f"{shape}{classes}) scores")
 
 
 def feature_dims(model: dict) -> int | None:
@@ -112,7 +114,7 @@ def feature_dims(model: dict) -> int | None:
     return {"mlp": 2, "gpt": 3}.get(model["name"], 4)
 
 
-def build_blocks(model: dict, in_shape: tuple[int, ...], classes: int) -> list[nn.Module]:
+def build_blocks(model: dict, in_shape: tuple[int, ...], classes: int, tokens: bool = False) -> list[nn.Module]:
     """Build the model named by `model` (a config dict) as an ordered list of blocks.
 
     Composing the blocks in order gives the whole model. A user's model is a
@@ -138,7 +140,7 @@ def build_blocks(model: dict, in_shape: tuple[int, ...], classes: int) -> list[n
         blocks = list(blocks)
         if not blocks or not all(isinstance(b, nn.Module) for b in blocks):
             raise FRError(f"model._target_={model['_target_']!r} must return a non-empty list of nn.Module blocks")
-        probe(blocks, in_shape, classes, f"model._target_={model['_target_']!r}")
+        probe(blocks, in_shape, classes, f"model._target_={model['_target_']!r}", tokens)
         return blocks
     name = model.pop("name")
     if name not in MODELS:

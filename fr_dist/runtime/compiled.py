@@ -100,9 +100,10 @@ class LocalLink:
 class ZeroData:
     """Batches of zeros with the data's shapes: stage 0's inputs and the last stage's labels."""
 
-    def __init__(self, batch_size: int, in_shape):
-        self.x = torch.zeros((batch_size, *in_shape))
-        self.y = torch.zeros(batch_size, dtype=torch.int64)
+    def __init__(self, batch_size: int, in_shape, tokens: bool = False):
+        # a language model's: token ids (id 0 exists in every vocabulary) and a target per position
+        self.x = torch.zeros((batch_size, *in_shape), dtype=torch.int64 if tokens else torch.float32)
+        self.y = torch.zeros((batch_size, *in_shape) if tokens else batch_size, dtype=torch.int64)
 
     def inputs(self, batch: int, prefetch: bool = True) -> torch.Tensor:
         return self.x
@@ -170,7 +171,7 @@ def warm_up(plan, stage, diag: bool) -> float:
     try:
         with torch.random.fork_rng(devices=devices):
             engine.links = {name: LocalLink(link) for name, link in engine.links.items()}
-            engine.data = ZeroData(plan.meta["batch_size"], plan.meta["in_shape"])
+            engine.data = ZeroData(plan.meta["batch_size"], plan.meta["in_shape"], plan.meta["tokens"])
             if stage.pipeline is not None:
                 stage.pipeline.warm_up()
             else:

@@ -39,14 +39,15 @@ def merge(directory: Path) -> dict:
         for name, value in state["model"].items():
             index, rest = name.split(".", 1)
             merged[f"{int(index) + start}.{rest}"] = value
-    keep = ("algo", "splits", "model", "in_shape", "classes", "step")
+    keep = ("algo", "splits", "model", "in_shape", "classes", "tokens", "step")
     return {"model": merged, "meta": {key: meta.get(key) for key in keep}}
 
 
 def plain_model(exported: dict) -> nn.Module:
     """The unsplit model with the exported weights."""
     meta = exported["meta"]
-    model = nn.Sequential(*build_blocks(meta["model"], tuple(meta["in_shape"]), meta["classes"]))
+    model = nn.Sequential(*build_blocks(meta["model"], tuple(meta["in_shape"]), meta["classes"],
+                                        bool(meta.get("tokens"))))
     model.load_state_dict(exported["model"])
     return model
 

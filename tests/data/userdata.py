@@ -66,3 +66,24 @@ def broken(kind: str):
         "y_range": (good, Returns((torch.zeros(3), 7))),
         "test_shape": (good, Returns((torch.zeros(4), 1))),
     }[kind]
+
+
+class Windows(Dataset):
+    """Token windows (x, y) with a target per position, as a user's text dataset gives them."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i].long(), self.y[i].long()
+
+
+def text(root: str, seq_len: int):
+    """data=python_docs' windows of the corpus at `root`, as two Datasets (read through the DataLoader path)."""
+    from fr_dist.data.text import read_corpus, windows
+
+    train, val = read_corpus(root)
+    return Windows(*windows(train, seq_len)), Windows(*windows(val, seq_len))

@@ -158,3 +158,17 @@ def test_bf16_fr_with_the_diagnostic_on_gpt_equals_reference(corpus, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     sigmas = [r["sigma"] for r in rows if "sigma" in r]
     assert len(sigmas) == len(want_losses) // 3 and all(math.isfinite(s) for s in sigmas)
+
+
+def test_a_users_token_dataset_trains_like_the_built_in_corpus(corpus, tmp_path):
+    """data=custom whose samples are token windows with a target per position: the same GPT run as
+    data=python_docs over the same windows (DataLoader workers against the in-memory path), bit for bit,
+    and evaluated per token."""
+    overrides = gpt_overrides(corpus) + COMMON + ["algo=fr"]
+    custom = [o for o in overrides if not o.startswith("data")] + [
+        "data=custom", "data._target_=tests.data.userdata.text", "data.classes=256", f"+data.args.root={corpus}",
+        "+data.args.seq_len=8", "data.workers=1"]
+    want_states, want_losses, want = distributed(2, overrides, tmp_path / "builtin")
+    got_states, got_losses, got = distributed(2, custom, tmp_path / "custom")
+    assert_states_equal(got_states, want_states)
+    assert got_losses == want_losses and got["val_loss"] == want["val_loss"] and "test_acc" not in got
