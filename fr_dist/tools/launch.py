@@ -15,6 +15,12 @@ directory; a failed point becomes a row of the results and the sweep goes on:
 The sweep ends with results.csv and results.md in the sweep directory (one row per point,
 from each point's summary.json) and exits 1 if any point failed.
 
+The same sweep run again into the same directory (`hydra.sweep.dir=DIR`) skips every point
+that finished (summary.json says ok and .hydra/overrides.yaml holds the point's overrides);
+an interrupted or failed point runs again in its directory, continuing from its latest
+checkpoint (resume=auto). A directory that holds a run of other overrides is removed first,
+and so is every point's with FR_DIST_RERUN=1, which runs them all afresh.
+
 The number of processes is `splits` x `replicas`. Unlike bare torchrun, a failure ends
 with the failing rank's one-line message: torchrun's own report is not printed.
 Configuration errors are found before anything starts: one line `[launch] error: ...`, exit 1.
@@ -26,6 +32,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +43,7 @@ from fr_dist.config import validate
 from fr_dist.errors import FRError
 
 ROWS_DIR = ".launch"  # in the sweep directory: one JSON row per finished point
+RERUN_ENV = "FR_DIST_RERUN"  # =1: a sweep runs every point afresh, even one that finished earlier
 # test_acc is a classifier's, val_loss and tokens_per_s a language model's: each kind leaves the other's empty
 COLUMNS = ["point", "algo", "splits", "seed", "status", "test_acc", "val_loss", "final_train_loss", "samples_per_s",
            "tokens_per_s", "wall_s", "peak_mem_bytes", "overrides"]
@@ -182,7 +190,8 @@ def _task(cfg) -> None:
 
 
 def run_point(cfg, overrides: list[str], point_dir: Path, sweep_dir: Path, num: int) -> dict:
-    """Train one sweep point in a subprocess; its results row (also saved in the sweep directory).
+    """Train one sweep point in a subprocess, unless it finished earlier; its results row (also
+    saved in the sweep directory).
 
     Never raises: Hydra's basic sweeper stops the sweep at the first failed task.
     """
@@ -198,6 +207,16 @@ def run_point(cfg, overrides: list[str], point_dir: Path, sweep_dir: Path, num: 
         if _get(cfg, "wandb.group") is None:
             overrides = [*overrides, f"wandb.group={_quote(sweep_dir.name)}"]
         summary = point_dir / "summary.json"
+        earlier = recorded_overrides(point_dir)
+        rerun = os.environ.get(RERUN_ENV) == "1"
+        if earlier == overrides and not rerun and _status(summary) == "ok":
+            row.update(summary_row(json.loads(summary.read_text())))
+            print(f"[launch] point {num} ({row['overrides']}) finished earlier: skipped", flush=True)
+            return _save_row(row, sweep_dir, num)
+        if earlier is not None and (rerun or earlier != overrides):  # its checkpoints are not this point's
+            why = f"{RERUN_ENV}=1" if rerun else f"it ran other overrides: {' '.join(earlier)}"
+            print(f"[launch] point {num}: removing the earlier run in {point_dir} ({why})", flush=True)
+            shutil.rmtree(point_dir)
         before = summary.read_bytes() if summary.exists() else None
         print(f"[launch] point {num} in {point_dir}", flush=True)
         started = time.perf_counter()
@@ -213,10 +232,30 @@ def run_point(cfg, overrides: list[str], point_dir: Path, sweep_dir: Path, num: 
     except Exception as e:  # a launcher bug must not end the sweep either
         row["status"] = f"launch error: {type(e).__name__}: {e}"
         print(f"[launch] point {num}: {row['status']}", file=sys.stderr, flush=True)
+    return _save_row(row, sweep_dir, num)
+
+
+def _save_row(row: dict, sweep_dir: Path, num: int) -> dict:
     rows = sweep_dir / ROWS_DIR
     rows.mkdir(parents=True, exist_ok=True)
     (rows / f"{num}.json").write_text(json.dumps(dict(row, num=num)) + "\n")
     return row
+
+
+def recorded_overrides(run_dir: Path) -> list[str] | None:
+    """The overrides the trainer recorded in `run_dir` (.hydra/overrides.yaml), or None if it holds no run."""
+    from omegaconf import OmegaConf
+
+    path = run_dir / ".hydra" / "overrides.yaml"
+    return [str(o) for o in OmegaConf.load(path)] if path.exists() else None
+
+
+def _status(summary: Path) -> str | None:
+    """The status a run's summary.json records, or None without one."""
+    try:
+        return json.loads(summary.read_text()).get("status")
+    except (OSError, ValueError):
+        return None
 
 
 def run_subprocess(cmd: list[str]) -> int:
