@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +25,8 @@ TINY = ["algo=fr", "model=mlp", "model.hidden=[8]", "data=synthetic", "data.shap
 SUMMARY_KEYS = ("algo", "splits", "seed", "status", "test_acc", "final_train_loss", "samples_per_s", "wall_s")
 
 
-def launch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+def launch(*args: str, timeout: float = 300, **env_vars: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **env_vars)
     return subprocess.run([sys.executable, "-m", "fr_dist.launch", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -142,3 +143,103 @@ def test_config_error_in_a_sweep_is_one_line_before_any_point(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("[launch] error: ") and "nope" in lines[0], proc.stderr
     assert not d.exists()
+
+
+# Reruns: a sweep of 2 points (seed=0,1; 8 steps each, checkpoints at steps 6 and 8), run once
+# and copied for each test, then run again into the copy.
+RERUN = [*TINY, "wandb.mode=disabled", "ckpt_every=2"]
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    d = tmp_path_factory.mktemp("finished") / "two_seeds"
+    proc = launch("-m", "seed=0,1", *RERUN, f"hydra.sweep.dir={d}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return d
+
+
+def copy_sweep(finished_sweep, tmp_path) -> Path:
+    """A copy of the finished sweep under the same name (wandb.group is part of a point's overrides)."""
+    d = tmp_path / finished_sweep.name
+    shutil.copytree(finished_sweep, d)
+    return d
+
+
+def rows(point: Path) -> list[dict]:
+    return [json.loads(line) for line in (point / "metrics.jsonl").read_text().splitlines()]
+
+
+def loss_steps(point: Path) -> list[int]:
+    return [r["step"] for r in rows(point) if "loss" in r]
+
+
+def assert_results_are_the_summaries(d: Path, seeds: list[str]) -> None:
+    results = read_csv(d / "results.csv")
+    assert [(r["point"], r["seed"], r["status"]) for r in results] == [(str(i), s, "ok") for i, s in enumerate(seeds)]
+    for row in results:
+        summary = json.loads((d / row["point"] / "summary.json").read_text())
+        assert float(row["test_acc"]) == summary["test_acc"] and float(row["wall_s"]) == summary["wall_s"]
+    assert len((d / "results.md").read_text().splitlines()) == 2 + len(seeds)
+
+
+def test_rerun_skips_the_points_that_finished(finished_sweep, tmp_path):
+    d = copy_sweep(finished_sweep, tmp_path)
+    before = {p: ((p / "metrics.jsonl").read_bytes(), (p / "metrics.jsonl").stat().st_mtime_ns) for p in (d / "0", d / "1")}
+    proc = launch("-m", "seed=0,1", *RERUN, f"hydra.sweep.dir={d}", timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for num, seed in enumerate("01"):
+        assert f"[launch] point {num} (seed={seed} algo=fr " in proc.stdout and ") finished earlier: skipped" in proc.stdout
+    assert "[launch] point 0 in" not in proc.stdout and "[launch] point 1 in" not in proc.stdout
+    assert {p: ((p / "metrics.jsonl").read_bytes(), (p / "metrics.jsonl").stat().st_mtime_ns) for p in before} == before
+    assert_results_are_the_summaries(d, ["0", "1"])
+
+
+@pytest.mark.parametrize("interrupted", ["no summary", "status error"])
+def test_rerun_continues_an_interrupted_or_failed_point_from_its_checkpoint(finished_sweep, tmp_path, interrupted):
+    """Point 1 as if stopped after the checkpoint of step 6: that point alone runs, from step 6."""
+    d = copy_sweep(finished_sweep, tmp_path)
+    point = d / "1"
+    shutil.rmtree(point / "checkpoints" / "step_00000008")
+    if interrupted == "no summary":
+        (point / "summary.json").unlink()
+    else:
+        summary = json.loads((point / "summary.json").read_text())
+        (point / "summary.json").write_text(json.dumps(dict(summary, status="error: non-finite loss")))
+    kept = [r for r in rows(point) if r["step"] <= 6]
+    untouched = (d / "0" / "metrics.jsonl").stat().st_mtime_ns
+    proc = launch("-m", "seed=0,1", *RERUN, f"hydra.sweep.dir={d}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[launch] point 0 (seed=0 " in proc.stdout and "[launch] point 1 (" not in proc.stdout
+    assert "[launch] point 1: ok" in proc.stdout
+    assert "[stage 0] resumed from step 6 " in proc.stderr
+    assert (d / "0" / "metrics.jsonl").stat().st_mtime_ns == untouched
+    assert loss_steps(point) == list(range(1, 9)) and rows(point)[:len(kept)] == kept
+    assert json.loads((point / "summary.json").read_text())["status"] == "ok"
+    assert_results_are_the_summaries(d, ["0", "1"])
+
+
+def test_rerun_runs_a_changed_point_afresh(finished_sweep, tmp_path):
+    """seed=0,2 into the seed=0,1 sweep: point 1 is another point now; seed=1's checkpoints are not its."""
+    d = copy_sweep(finished_sweep, tmp_path)
+    proc = launch("-m", "seed=0,2", *RERUN, f"hydra.sweep.dir={d}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[launch] point 0 (seed=0 " in proc.stdout and "[launch] point 1 (" not in proc.stdout
+    assert "[launch] point 1: removing the earlier run in " in proc.stdout
+    assert "resumed from" not in proc.stderr
+    point = d / "1"
+    assert "- seed=2\n" in (point / ".hydra" / "overrides.yaml").read_text()
+    assert json.loads((point / "summary.json").read_text())["seed"] == 2
+    assert loss_steps(point) == list(range(1, 9))  # seed=1's rows are gone, not continued
+    assert_results_are_the_summaries(d, ["0", "2"])
+
+
+def test_rerun_env_runs_finished_points_afresh(finished_sweep, tmp_path):
+    """FR_DIST_RERUN=1 with one point of the two: it runs from step 0; the other's row is forgotten."""
+    d = copy_sweep(finished_sweep, tmp_path)
+    point = d / "0"
+    earlier = (point / "metrics.jsonl").stat().st_mtime_ns
+    proc = launch("-m", "seed=0", *RERUN, f"hydra.sweep.dir={d}", FR_DIST_RERUN="1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "finished earlier: skipped" not in proc.stdout and "resumed from" not in proc.stderr
+    assert (point / "metrics.jsonl").stat().st_mtime_ns != earlier and loss_steps(point) == list(range(1, 9))
+    assert_results_are_the_summaries(d, ["0"])
