@@ -26,7 +26,10 @@ def check_language_model(meta: dict, path: Path) -> None:
     """Refuse a model that does not predict the next token: a classifier (a user's model trained on token windows
     with a target per position is a language model: its checkpoint says `tokens`)."""
     model = meta["model"]
-    if not meta.get("tokens", model.get("name") == "gpt"):  # checkpoints before `tokens` was recorded: gpt
+    tokens = meta.get("tokens")
+    if tokens is None:  # a checkpoint from before `tokens` was recorded: gpt is the language model
+        tokens = model.get("name") == "gpt"
+    if not tokens:
         what = f"model={model['name']}" if "name" in model else f"model._target_={model.get('_target_')}"
         raise FRError(f"{path} holds a {what} model, not a language model: sampling needs a model=gpt run "
                       f"(python -m fr_dist.evaluate scores a classifier)")
