@@ -21,6 +21,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 
 from fr_dist import algos, data as datasets
+from fr_dist.algos.pipe import Chunk
 from fr_dist.config import Config, check_synth
 from fr_dist.errors import FRError
 from fr_dist.models import build_blocks, check_options as check_model
@@ -71,15 +72,25 @@ def make_run_dir(rt: Runtime, run_dir: str | None) -> Path:
     return together(rt, create)
 
 
-def stage_blocks(rt: Runtime, c: Config, in_shape, classes: int, tokens: bool) -> tuple[nn.Module, list[int]]:
-    """This stage's blocks (built whole on every rank from the seed, for an identical init) and every cut."""
+def stage_blocks(rt: Runtime, c: Config, in_shape, classes: int, tokens: bool) -> tuple[nn.Module, list[int], list]:
+    """This rank's blocks (built whole on every rank from the seed, for an identical init), every cut and the
+    rank's chunks as (chunk index, its blocks).
+
+    A rank holds one chunk, its stage, except with a pipelining schedule of V virtual stages per rank:
+    then the model is cut into K x V chunks and the rank's blocks are its chunks' in model order.
+    """
+    V = getattr(c.algo, "virtual", 1)
+
     def build():
         if c.data.name == "custom":  # validate could not check the model against the data's shape: known now
             check_model(c.model, in_shape, tokens)
         torch.manual_seed(c.seed)
         blocks = build_blocks(c.model, in_shape, classes, tokens)
+        if V > 1 and len(blocks) < c.splits * V:
+            raise FRError(f"algo={c.algo.name} cuts the model into splits x algo.virtual = {c.splits * V} chunks, "
+                          f"but it has {len(blocks)} blocks: lower splits or algo.virtual, or use a deeper model")
         # partition=profiled: the same checks (K <= blocks) on every rank; rank 0 measures the cuts below
-        cuts = stage_cuts(len(blocks), c.splits, "uniform" if c.partition == "profiled" else c.partition)
+        cuts = stage_cuts(len(blocks), c.splits * V, "uniform" if c.partition == "profiled" else c.partition)
         if c.compile and c.algo.name == "fr" and c.splits > 1:
             # the blocks of stages 0..K-2, which replay (profiled cuts are not known yet: all but the last block)
             found = replayed_dropout(blocks, len(blocks) - 1 if c.partition == "profiled" else cuts[-2])
@@ -94,7 +105,9 @@ def stage_blocks(rt: Runtime, c: Config, in_shape, classes: int, tokens: bool) -
     if c.partition == "profiled":
         cuts = profiled_cuts(rt, blocks, in_shape, c, classes if tokens else None)
     k = rt.stage
-    return nn.Sequential(*blocks[cuts[k]:cuts[k + 1]]).to(rt.device), cuts
+    mine = algos.PIPELINES[c.algo.name].chunks_of(k, c.splits, V) if c.algo.name in algos.PIPELINES else [k]
+    chunks = [(i, nn.Sequential(*blocks[cuts[i]:cuts[i + 1]]).to(rt.device)) for i in mine]
+    return nn.Sequential(*(b for _, chunk in chunks for b in chunk)), cuts, chunks
 
 
 def profiled_cuts(rt: Runtime, blocks, in_shape, c: Config, vocab: int | None) -> list[int]:
@@ -162,6 +175,26 @@ def make_links(rt: Runtime, in_spec, out_spec) -> dict[str, Link]:
         links["x_out"], links["g_in"] = link("x", k, k + 1, out_spec), link("g", k + 1, k, out_spec)
     return links
 
+def chunk_specs(rt: Runtime, chunks, cuts, holder, first_input, precision: str, autocast) -> dict:
+    """{chunk i: the (shape, dtype) chunk i takes} for every chunk, and the output's at index KV (the loss's input).
+
+    The chunks' holders (`holder(i)`: the stage holding chunk i) probe them in model order, each telling
+    every rank what the next chunk takes (a boundary's dtype is the link's in bf16 runs).
+    """
+    mine = dict(chunks)
+    n = len(cuts) - 1
+    specs = {0: first_input}
+    for i in range(n):
+        box = [None]
+        if i in mine:
+            with autocast():
+                out = output_spec(mine[i], specs[i], rt.device)
+            box[0] = link_spec(out, precision) if i < n - 1 else out
+        torch.distributed.broadcast_object_list(box, src=rt.global_rank(holder(i)), group=rt.control)
+        specs[i + 1] = box[0]
+    return specs
+
+
 def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]):
     """(plan, stage, reporter): the reporter on the last stage, else None."""
     k, K, device = rt.stage, rt.stages, rt.device
@@ -192,7 +225,7 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
 
     together(rt, check_precision_device, c.precision, device)
     autocast = make_autocast(c.precision, device)
-    module, cuts = stage_blocks(rt, c, in_shape, classes, tokens)
+    module, cuts, chunks = stage_blocks(rt, c, in_shape, classes, tokens)
     torch.manual_seed(stage_seed(c.seed, k, rt.replica))
 
     def spec_of(spec):
@@ -203,7 +236,14 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
 
     # Stage 0's input is the data as loaded (fp32 features or int64 token ids; its ring slots too): autocast casts
     # features where an op wants bf16.
-    in_spec, out_spec = negotiate_shapes(rt, ((c.batch_size, *in_shape), in_dtype), spec_of)
+    first_input = ((c.batch_size, *in_shape), in_dtype)
+    virtual = c.algo.name in algos.PIPELINES and not algos.PIPELINES[c.algo.name].through_engine
+    if virtual:
+        holder = algos.PIPELINES[c.algo.name].holder
+        specs = chunk_specs(rt, chunks, cuts, lambda i: holder(i, K), first_input, c.precision, autocast)
+        in_spec, out_spec = specs[chunks[0][0]], specs[chunks[-1][0] + 1]
+    else:
+        in_spec, out_spec = negotiate_shapes(rt, first_input, spec_of)
     if c.compile:  # after the probe, which runs rank after rank: the warm-up below compiles on all ranks at once
         compile_module(module)
 
@@ -217,17 +257,23 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
     worker = algo.Worker(module, k, K, device, optimizer, lr_of, in_spec, c.algo, c.optim.clip_grad_norm,
                          steps_per_epoch=steps_per_epoch)
     probe = TrueGradient(module, k, device) if c.diag_every else None
-    engine = Engine(worker, data, make_links(rt, in_spec, out_spec), device, probe, autocast)
+    links = {} if virtual else make_links(rt, in_spec, out_spec)  # virtual stages: pipelining moves everything
+    engine = Engine(worker, data, links, device, probe, autocast)
     if rt.replicas > 1 and optimizer is not None:
         engine.averager = GradientAverager(module.parameters(), rt.data_parallel, rt.replicas)
         worker.average = lambda params: average_now(params, rt.data_parallel, rt.replicas)
     pipeline = None
     if name in algos.PIPELINES:
-        pipeline = algo.pipeline(module, k, K, device, optimizer, lr_of, in_spec, out_spec, c.algo,
-                                 c.microbatches, data, autocast, c.optim.clip_grad_norm)
+        if not virtual:
+            specs = {k: in_spec, k + 1: out_spec}
+        pieces = [Chunk(i, chunk, specs[i], specs[i + 1]) for i, chunk in chunks]
+        pipeline = algo.pipeline(module, pieces, k, K, device, optimizer, lr_of, c.algo, c.microbatches, data,
+                                 autocast, c.optim.clip_grad_norm)
     meta = {"format": FORMAT, "algo": name, "splits": K, "replicas": rt.replicas, "replica": rt.replica,
             "model": dict(c.model), "stage": k, "blocks": [cuts[k], cuts[k + 1]],
             "batch_size": c.batch_size, "steps": T, "in_shape": list(in_shape), "classes": classes, "tokens": tokens}
+    if virtual:  # the rank's blocks are its chunks' ([start, end) each; "blocks": the first), not one range
+        meta["chunks"] = [[cuts[i], cuts[i + 1]] for i, _ in chunks]
     plan = Plan(algo, T, steps_per_epoch, test_batches, cuts, path, meta, in_shape[-1] if tokens else 0)
     stage = Stage(rt, module, optimizer, engine, lr_of, pipeline)
     if c.compile:  # every graph compiled now, on every rank at once: none of it is training time

@@ -39,7 +39,7 @@ MAX_THREADS, MAX_TIMEOUT_S = 1024, 86400
 class AlgoConfig:
     """bp: no options of its own."""
 
-    name: str = "fr"  # fr, bp, ddg, dni, gpipe, 1f1b (ALGO_OPTIONS)
+    name: str = "fr"  # fr, bp, ddg, dni, gpipe, 1f1b, interleaved1f1b, zb, zbv, dualpipev (ALGO_OPTIONS)
 
 
 @dataclass
@@ -74,9 +74,20 @@ class PipeConfig(AlgoConfig):
     checkpoint: bool = False  # recompute each stage's activations in backward, like FR
 
 
+@dataclass
+class VirtualPipeConfig(PipeConfig):
+    """interleaved1f1b, zb, zbv and dualpipev: V model chunks ("virtual stages") per rank, K x V in all."""
+
+    virtual: int = 2  # chunks per rank; zbv and dualpipev take exactly 2 (their V placement)
+
+
 # Each algorithm's options: `algo.KEY` of another algorithm is refused at start-up.
 ALGO_OPTIONS = {"fr": FRConfig, "bp": AlgoConfig, "ddg": DelayedConfig, "dni": DNIConfig,
-                "gpipe": PipeConfig, "1f1b": PipeConfig}
+                "gpipe": PipeConfig, "1f1b": PipeConfig, "interleaved1f1b": VirtualPipeConfig,
+                "zb": VirtualPipeConfig, "zbv": VirtualPipeConfig, "dualpipev": VirtualPipeConfig}
+PIPELINE_ALGOS = tuple(name for name, schema in ALGO_OPTIONS.items() if issubclass(schema, PipeConfig))
+V_SHAPED = ("zbv", "dualpipev")  # two chunks per rank in a V: rank r holds chunks r and 2K-1-r
+SPLIT_BACKWARD = ("zb", "zbv", "dualpipev")  # input and weight gradients in separate actions
 
 
 @dataclass
@@ -157,7 +168,7 @@ class Config:
     eval_every_steps: Optional[int] = None  # also evaluate every N steps (null: only at epochs)
     eval_batches: Optional[int] = None  # test batches scored per evaluation (null: the whole test set)
     log_every: int = 10  # steps between metrics rows
-    microbatches: int = 4  # gpipe, 1f1b: micro-batches per batch (must divide batch_size)
+    microbatches: int = 4  # pipelining algos (gpipe, 1f1b, ...): micro-batches per batch (must divide batch_size)
     diag_every: int = 0  # steps between sufficient-direction measurements (0: off; fr, bp, ddg, dni)
     partition: Any = "uniform"  # uniform, or a list of K-1 cut indices into the block list
     ckpt_every: int = 500  # steps between checkpoints (0: only at the end)
@@ -173,8 +184,9 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
-def check_microbatches(schedule: str, M: int, batch_size: int, K: int) -> None:
-    """The micro-batch rules of gpipe and 1f1b: validate() applies them at start-up, PipeRunner on construction."""
+def check_microbatches(schedule: str, M: int, batch_size: int, K: int, V: int = 1) -> None:
+    """The micro-batch rules of the pipelining algos (V chunks per rank): validate() applies them at start-up,
+    PipeRunner on construction."""
     if M > batch_size:
         raise FRError(f"microbatches={M} must be at most batch_size={batch_size} (a micro-batch holds a sample "
                       f"or more): set microbatches={batch_size} or fewer")
@@ -184,6 +196,13 @@ def check_microbatches(schedule: str, M: int, batch_size: int, K: int) -> None:
                       f"choose a divisor, e.g. microbatches={divisor}")
     if schedule == "1f1b" and M < K:
         raise FRError(f"1f1b needs microbatches >= splits (microbatches={M}, splits={K}): set microbatches={K} or more")
+    if schedule == "dualpipev" and M < K * V:
+        raise FRError(f"dualpipev needs microbatches >= its {K * V} pipeline stages (splits={K} x algo.virtual={V}), "
+                      f"got microbatches={M}: set microbatches={K * V} or more")
+    rounds = max(1, M // K)
+    if schedule in ("interleaved1f1b", "zb") and M % rounds:  # torch runs them in rounds of M / rounds
+        raise FRError(f"{schedule} needs microbatches to be a multiple of its rounds max(1, microbatches // splits) "
+                      f"= {rounds} (microbatches={M}, splits={K}): set microbatches={K * rounds}")
 
 
 def check_precision_and_compile(c: Config) -> None:
@@ -192,7 +211,10 @@ def check_precision_and_compile(c: Config) -> None:
         raise FRError("precision=fp16 is not offered: fp16 needs a loss scale (GradScaler) that every stage agrees on, "
                       "and each FR stage steps a different, older batch; use precision=bf16 (same range as fp32)")
     choice("precision", c.precision, PRECISIONS)
-    if c.compile and c.algo.name in ("gpipe", "1f1b") and c.algo.checkpoint:
+    if c.compile and isinstance(c.algo, VirtualPipeConfig):
+        raise FRError(f"compile=true with algo={c.algo.name} is not offered (its start-up warm-up covers one chunk "
+                      f"per rank, and torch's split backward does not support torch.compile): set compile=false")
+    if c.compile and c.algo.name in PIPELINE_ALGOS and c.algo.checkpoint:
         raise FRError(f"compile=true with algo={c.algo.name} algo.checkpoint=true is not offered (a checkpointed "
                       f"recompute of a compiled stage is not covered): set algo.checkpoint=false or compile=false")
 
@@ -279,7 +301,7 @@ def _check_run(c: Config, world_size: int) -> None:
                       f"world size is {world_size}: launch torchrun --nproc_per_node={c.splits * c.replicas} "
                       f"(over all nodes), or change splits or replicas")
     if c.replicas > 1:  # what replicas cannot be combined with
-        if c.algo.name in ("gpipe", "1f1b"):
+        if c.algo.name in PIPELINE_ALGOS:
             refuse("replicas", c.replicas, f"1 with algo={c.algo.name} (the pipelining adapter brings no "
                    f"data-parallel gradient averaging)", "set replicas=1, or algo=fr, bp, ddg or dni")
         if c.diag_every:
@@ -339,12 +361,30 @@ def _check_algo(c: Config) -> None:
         choice("algo.synth", c.algo.synth, ("auto", "conv", "linear"))
         number("algo.synth_lr", c.algo.synth_lr, 0.01, open_low=True, null=True)
         integer("algo.synth_hidden", c.algo.synth_hidden, null=True)
-    if name in ("gpipe", "1f1b"):
-        check_microbatches(name, c.microbatches, c.batch_size, c.splits)
-    if c.diag_every and name in ("gpipe", "1f1b"):
+    if isinstance(c.algo, VirtualPipeConfig):
+        check_virtual(c)
+    if name in PIPELINE_ALGOS:
+        check_microbatches(name, c.microbatches, c.batch_size, c.splits, getattr(c.algo, "virtual", 1))
+    if c.diag_every and name in PIPELINE_ALGOS:
         raise FRError(f"diag_every needs a stage-wise update; algo={name} has none: set diag_every=0")
     if isinstance(c.algo, DelayedConfig):
         check_staleness(c.algo, c.optim, c.batch_size)
+
+
+def check_virtual(c: Config) -> None:
+    """algo.virtual, and what V chunks per rank cannot be combined with (the block count: build.py)."""
+    name = c.algo.name
+    integer("algo.virtual", c.algo.virtual, fix="set e.g. algo.virtual=2")
+    if name in V_SHAPED and c.algo.virtual != 2:
+        refuse("algo.virtual", c.algo.virtual, f"2 with algo={name} (its V placement: rank r holds chunks r and "
+               f"2K-1-r)", "set algo.virtual=2")
+    if c.algo.checkpoint and name in SPLIT_BACKWARD:
+        raise FRError(f"algo.checkpoint=true with algo={name} is not offered: its split backward (input gradient "
+                      f"first, weight gradient later) recomputes a checkpointed chunk once per half, and the second "
+                      f"recompute fails in torch's checkpoint; set algo.checkpoint=false, or use algo=interleaved1f1b")
+    if c.partition != "uniform":
+        refuse("partition", c.partition, f"uniform with algo={name} (the cuts of its splits x algo.virtual chunks)",
+               "set partition=uniform")
 
 
 def check_staleness(a: DelayedConfig, o: OptimConfig, batch_size: int) -> None:

@@ -1,10 +1,10 @@
 """Training algorithms: one module per schedule, all behind the interface in base.py.
 
-gpipe and 1f1b are the separate pipelining runner (pipe.py): no engine schedule.
+gpipe, 1f1b, interleaved1f1b, zb, zbv and dualpipev are the separate pipelining runner (pipe.py): no
+engine schedule.
 """
 
 from fr_dist.algos import bp, ddg, dni, fr
-from fr_dist.algos.pipe import GPIPE, ONE_F_ONE_B
+from fr_dist.algos.pipe import PIPELINES  # torch.distributed.pipelining: {name: PipeAlgo}
 
 ALGOS = {"fr": fr, "bp": bp, "ddg": ddg, "dni": dni}  # schedules the engine executes
-PIPELINES = {"gpipe": GPIPE, "1f1b": ONE_F_ONE_B}  # torch.distributed.pipelining

@@ -33,13 +33,18 @@ def evaluate(plan: Plan, stage: Stage, progress: Progress, reporter, step: int) 
     sample is counted once.
     """
     rt, engine = stage.rt, stage.engine
-    engine.timed = False  # busy_frac is about training
-    try:
-        for e in range(rt.replica, plan.test_batches, rt.replicas):
-            engine.run(eval_schedule(rt.stage, rt.stages, e))
-    finally:
-        engine.timed = True
-    scores = engine.take_scores()
+    if stage.pipeline is not None and stage.pipeline.own_evaluation:  # virtual stages: through the schedule
+        for e in range(plan.test_batches):
+            stage.pipeline.evaluate(e)
+        scores = stage.pipeline.take_scores()
+    else:
+        engine.timed = False  # busy_frac is about training
+        try:
+            for e in range(rt.replica, plan.test_batches, rt.replicas):
+                engine.run(eval_schedule(rt.stage, rt.stages, e))
+        finally:
+            engine.timed = True
+        scores = engine.take_scores()
     if rt.replicas > 1 and stage.last:
         scores = sum_over(scores, rt.stage_control)
     if not reporter:

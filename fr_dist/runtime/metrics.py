@@ -75,7 +75,7 @@ def stage_figures(stage, plan, progress) -> dict:
     k = stage.rt.stage
     worker = stage.pipeline or stage.engine.worker
     row = {"rank": stage.rt.rank, "stage": k, "replica": stage.rt.replica,
-           "blocks": list(range(plan.cuts[k], plan.cuts[k + 1])),
+           "blocks": [i for a, b in plan.meta.get("chunks") or [plan.meta["blocks"]] for i in range(a, b)],
            "params": sum(p.numel() for p in stage.module.parameters()),
            "busy_frac": round(stage.busy_s / max(progress.train_s, 1e-9), 4),
            "peak_mem_bytes": worker.peak_mem_bytes}

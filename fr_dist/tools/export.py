@@ -35,10 +35,11 @@ def merge(directory: Path) -> dict:
     merged = {}
     for k in range(meta["splits"]):
         state = first if k == 0 else checkpoint.load_stage(directory, k, {"splits": meta["splits"]})
-        start = state["meta"]["blocks"][0]
+        ranges = state["meta"].get("chunks") or [state["meta"]["blocks"]]  # virtual stages: several ranges
+        blocks = [i for start, end in ranges for i in range(start, end)]
         for name, value in state["model"].items():
             index, rest = name.split(".", 1)
-            merged[f"{int(index) + start}.{rest}"] = value
+            merged[f"{blocks[int(index)]}.{rest}"] = value
     keep = ("algo", "splits", "model", "in_shape", "classes", "tokens", "step")
     return {"model": merged, "meta": {key: meta.get(key) for key in keep}}
 

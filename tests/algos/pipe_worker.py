@@ -1,6 +1,7 @@
 """One rank of tests/algos/test_pipe.py: ``python -m tests.algos.pipe_worker OUT_DIR`` with RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT set. Trains every configuration in CONFIGS with PipeRunner and saves, per
-configuration, this stage's final state dict, the returned losses and the meters to OUT_DIR/rank{k}.pt.
+configuration, this rank's final state dict (its chunks' blocks in model order), the returned losses and
+the meters to OUT_DIR/rank{k}.pt.
 The model, data and learning rates are defined here so that the test's reference uses the same.
 """
 
@@ -17,7 +18,15 @@ import torch.nn as nn
 IN, HIDDEN, CLASSES = 8, 32, 5
 BATCH, M, STEPS, SEED = 16, 4, 3, 0
 # (schedule, checkpoint, dropout): dropout runs are only compared with each other (checkpoint on/off).
-CONFIGS = [(s, c, d) for d in (False, True) for s in ("gpipe", "1f1b") for c in (False, True)]
+SINGLE, VIRTUAL = ("gpipe", "1f1b"), ("interleaved1f1b", "zb", "zbv", "dualpipev")  # 1 and V chunks per rank
+V = 2
+SPLIT = ("zb", "zbv", "dualpipev")  # split backward: no checkpoint (config.py refuses it)
+CONFIGS = [(s, c, d) for d in (False, True) for s in SINGLE + VIRTUAL for c in (False, True) if not (c and s in SPLIT)]
+
+
+def configs(K: int) -> list[tuple]:
+    """What K ranks run: dualpipev needs M >= its 2K stages."""
+    return [cfg for cfg in CONFIGS if not (cfg[0] == "dualpipev" and M < 2 * K)]
 
 
 def build_blocks(dropout: bool = False) -> list[nn.Module]:
@@ -34,9 +43,21 @@ def build_blocks(dropout: bool = False) -> list[nn.Module]:
     ]
 
 
-def cuts(K: int) -> list[int]:
+def chunks_per_rank(schedule: str) -> int:
+    return 1 if schedule in SINGLE else V
+
+
+def cuts(pieces: int) -> list[int]:
+    """Boundaries of `pieces` chunks of the 6 blocks."""
     n = 6
-    return [round(i * n / K) for i in range(K + 1)]
+    return [round(i * n / pieces) for i in range(pieces + 1)]
+
+
+def chunks_of(schedule: str, k: int, K: int) -> list[int]:
+    """The chunks rank k holds (looped, or V-shaped for zbv / dualpipev)."""
+    from fr_dist.algos.pipe import PIPELINES
+
+    return PIPELINES[schedule].chunks_of(k, K, chunks_per_rank(schedule))
 
 
 def data():
@@ -53,10 +74,10 @@ def make_optimizer(params):
 
 
 def run(k: int, K: int, schedule: str, checkpoint: bool, dropout: bool) -> dict:
-    from fr_dist.algos.pipe import PipeRunner
+    from fr_dist.algos.pipe import Chunk, PipeRunner
 
     blocks = build_blocks(dropout)
-    c = cuts(K)
+    c = cuts(K * chunks_per_rank(schedule))
     with torch.no_grad():  # specs: the whole model is on every rank
         h = torch.zeros(BATCH, IN)
         specs = []
@@ -64,15 +85,16 @@ def run(k: int, K: int, schedule: str, checkpoint: bool, dropout: bool) -> dict:
             specs.append((tuple(h.shape), h.dtype))
             h = b(h)
         specs.append((tuple(h.shape), h.dtype))
-    module = nn.Sequential(*blocks[c[k]:c[k + 1]])
-    torch.manual_seed(100 + k)  # dropout RNG of this stage, the same for checkpoint on and off
-    runner = PipeRunner(module, k, K, torch.device("cpu"), dist.group.WORLD, schedule, M, BATCH,
-                        specs[c[k]], specs[c[k + 1]], make_optimizer(module.parameters()), lr_of,
-                        checkpoint=checkpoint)
+    mine = chunks_of(schedule, k, K)
+    chunks = [Chunk(i, nn.Sequential(*blocks[c[i]:c[i + 1]]), specs[c[i]], specs[c[i + 1]]) for i in mine]
+    module = nn.Sequential(*(b for chunk in chunks for b in chunk.module))
+    torch.manual_seed(100 + k)  # dropout RNG of this rank, the same for checkpoint on and off
+    runner = PipeRunner(module, chunks, k, K, torch.device("cpu"), dist.group.WORLD, schedule, M, BATCH,
+                        make_optimizer(module.parameters()), lr_of, checkpoint=checkpoint)
     x, y = data()
     losses = []
     for t in range(STEPS):
-        loss = runner.train_step(t, x[t] if k == 0 else None, y[t] if k == K - 1 else None)
+        loss = runner.train_step(t, x[t] if 0 in mine else None, y[t] if runner.rank == runner.loss_rank else None)
         assert (loss is None) == (k < K - 1)
         if loss is not None:
             assert loss.dim() == 0
@@ -85,7 +107,7 @@ def main() -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     k, K = dist.get_rank(), dist.get_world_size()
-    results = {cfg: run(k, K, *cfg) for cfg in CONFIGS}
+    results = {cfg: run(k, K, *cfg) for cfg in configs(K)}
     torch.save(results, out / f"rank{k}.pt")
     dist.barrier()
     dist.destroy_process_group()

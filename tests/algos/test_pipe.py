@@ -1,4 +1,4 @@
-"""GPipe / 1F1B (fr_dist.algos.pipe) on gloo against single-process gradient accumulation.
+"""The pipelining schedules (fr_dist.algos.pipe) on gloo against single-process gradient accumulation.
 
 Each rank is a plain subprocess (tests/algos/pipe_worker.py) that trains every configuration of
 pipe_worker.CONFIGS; one launch per world size. The reference here is plain backprop that
@@ -25,7 +25,7 @@ from tests.ranks import collect, free_port
 from tests.support import COMMON, MLP, ROOT, distributed, simulation_inputs
 
 RTOL, ATOL = 1e-5, 1e-6  # what "close" means in the sensitivity check
-PLAIN = [(s, False, False) for s in ("gpipe", "1f1b")]
+PLAIN = [(s, False, False) for s in W.SINGLE + W.VIRTUAL]
 
 
 def launch(K: int, out: Path, timeout: float = 120) -> list[dict]:
@@ -72,17 +72,20 @@ def reference(scale: float = 1.0 / W.M):
 
 
 def gathered(K: int, results: list[dict], cfg) -> dict:
-    """The whole model's state dict from the stages' (block i of stage k is block cuts[k] + i)."""
-    cuts, state = W.cuts(K), {}
+    """The whole model's state dict from the ranks' (a rank's blocks: its chunks', in model order)."""
+    schedule = cfg[0]
+    cuts, state = W.cuts(K * W.chunks_per_rank(schedule)), {}
     for k, res in enumerate(results):
+        blocks = [b for i in W.chunks_of(schedule, k, K) for b in range(cuts[i], cuts[i + 1])]
         for key, v in res[cfg]["state"].items():
             i, rest = key.split(".", 1)
-            state[f"{cuts[k] + int(i)}.{rest}"] = v
+            state[f"{blocks[int(i)]}.{rest}"] = v
     return state
 
 
 def assert_states_equal(got: dict, want: dict) -> None:
-    """Bit for bit: one thread on both sides, the same micro-batch shapes, 1/M applied per micro-batch."""
+    """Bit for bit: one thread on both sides, the same micro-batch shapes, 1/M applied per micro-batch
+    (a split backward's weight gradients accumulate in micro-batch order, as the reference's)."""
     assert got.keys() == want.keys()
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=lambda m: f"{key}: {m}")
@@ -91,6 +94,8 @@ def assert_states_equal(got: dict, want: dict) -> None:
 @pytest.mark.parametrize("cfg", PLAIN, ids=lambda c: c[0])
 def test_matches_single_process_accumulation(ranks, cfg):
     K, results = ranks
+    if cfg not in W.configs(K):
+        pytest.skip(f"{cfg[0]} needs more than M={W.M} micro-batches at K={K}")
     want_state, want_losses = reference()
     assert_states_equal(gathered(K, results, cfg), want_state)
     got_losses = results[-1][cfg]["losses"]
@@ -108,7 +113,7 @@ def test_reference_is_sensitive_to_loss_scaling(ranks):
     assert any(not torch.allclose(got[key], wrong[key], rtol=RTOL, atol=ATOL) for key in wrong)
 
 
-@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("schedule", [s for s in W.SINGLE + W.VIRTUAL if s not in W.SPLIT])
 @pytest.mark.parametrize("dropout", [False, True], ids=["nodrop", "dropout"])
 def test_checkpoint_gives_the_same_result(ranks, schedule, dropout):
     """Recompute in backward with the same RNG: the same weights and losses, bit for bit."""
@@ -142,6 +147,7 @@ def test_peak_memory(ranks):
                     assert on < off, (k, schedule, dropout, on, off)
         assert res[("gpipe", False, False)]["peak"] > res[("1f1b", False, False)]["peak"], k
         assert all(r["busy"] > 0 for r in res.values())
+        assert all(res[(s, False, False)]["peak"] > 0 for s in W.VIRTUAL if (s, False, False) in res), k
 
 
 def test_checkpoint_leaves_batchnorm_statistics_alone():
@@ -167,13 +173,16 @@ def test_checkpoint_leaves_batchnorm_statistics_alone():
     assert int(b[1].num_batches_tracked) == 2
 
 
-@pytest.mark.parametrize("schedule, M, match", [("gpipe", 5, "divide"), ("1f1b", 1, ">= splits"), ("zb", 4, "one of")])
-def test_bad_arguments(schedule, M, match):
-    from fr_dist.algos.pipe import PipeRunner
+@pytest.mark.parametrize("schedule, M, B, match", [("gpipe", 5, 12, "divide"), ("1f1b", 1, 12, ">= splits"),
+                                                   ("dualpipev", 2, 12, ">= its 4 pipeline"),
+                                                   ("zb", 5, 10, "multiple of"), ("zbb", 4, 12, "one of")])
+def test_bad_arguments(schedule, M, B, match):
+    from fr_dist.algos.pipe import Chunk, PipeRunner
 
-    spec = ((12, 4), torch.float32)
+    spec = ((B, 4), torch.float32)
+    chunks = [Chunk(0, nn.Linear(4, 4), spec, spec)] * (1 if schedule in W.SINGLE else 2)
     with pytest.raises((ValueError, FRError), match=match):
-        PipeRunner(nn.Linear(4, 4), 0, 2, torch.device("cpu"), None, schedule, M, 12, spec, spec, None, W.lr_of)
+        PipeRunner(nn.Linear(4, 4), chunks, 0, 2, torch.device("cpu"), None, schedule, M, B, None, W.lr_of)
 
 
 @pytest.mark.parametrize("algo,K,M,adamw_clipped", [("gpipe", 2, 2, False), ("1f1b", 3, 4, False),
@@ -194,3 +203,74 @@ def test_trainer_equals_gradient_accumulation(algo, K, M, adamw_clipped, tmp_pat
     support.assert_states_equal(got_states, [s.state_dict() for s in stages])
     assert got_losses == want_losses
     assert summary["status"] == "ok" and summary["algo"] == algo and len(summary["stages"]) == K
+
+
+def accuracy(model: nn.Module, data, test_batches: int) -> float:
+    """The loop's test accuracy of `model` (eval mode) over the first test batches (padded rows dropped)."""
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for e in range(test_batches):
+            y = data.test_labels(e)
+            correct += int((model(data.test_inputs(e))[: len(y)].argmax(-1) == y).sum())
+            total += len(y)
+    model.train()
+    return correct / total
+
+
+@pytest.mark.parametrize("algo", W.VIRTUAL)
+def test_virtual_stages_equal_gradient_accumulation(algo, tmp_path):
+    """`python -m fr_dist.train algo=NAME` with V = 2 chunks per rank (looped or V placement) against
+    single-process gradient accumulation over the same micro-batches, bit for bit: every rank's blocks
+    (its chunks'), the losses (sent to the last rank where the loss is on rank 0), and the test accuracy
+    its chunk-after-chunk evaluation reports; peak activation memory is reported per rank."""
+    from fr_dist.algos import PIPELINES
+    from fr_dist.partition import stage_cuts
+
+    K, V, M = 2, 2, 4
+    overrides = MLP + COMMON + [f"algo={algo}", f"microbatches={M}", f"algo.virtual={V}", "model.dropout=0.0"]
+    c, data, stages, batches, lr_of, make_optimizer, _, _ = simulation_inputs(K, overrides)
+    blocks = [b for s in stages for b in s]
+    torch.set_num_threads(1)
+    want_losses = gradient_accumulation(nn.Sequential(*blocks), batches, lr_of, make_optimizer, M)
+    got_states, got_losses, summary = distributed(K, overrides, tmp_path)
+    cuts = stage_cuts(len(blocks), K * V, "uniform")
+    mine = [PIPELINES[algo].chunks_of(k, K, V) for k in range(K)]
+    want_states = [nn.Sequential(*(b for i in chunks for b in blocks[cuts[i]:cuts[i + 1]])).state_dict()
+                   for chunks in mine]
+    support.assert_states_equal(got_states, want_states)
+    assert got_losses == want_losses
+    assert summary["test_acc"] == accuracy(nn.Sequential(*blocks), data, data.test_batches)
+    assert summary["status"] == "ok" and summary["algo"] == algo
+    for k, row in enumerate(summary["stages"]):
+        assert row["blocks"] == [b for i in mine[k] for b in range(cuts[i], cuts[i + 1])]
+        assert row["peak_mem_bytes"] > 0
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["algo=zb", "algo.checkpoint=true"], "algo.checkpoint=true with algo=zb is not offered"),
+    (["algo=zbv", "algo.virtual=3"], "algo.virtual"),
+    (["algo=dualpipev", "microbatches=2"], "dualpipev needs microbatches >= its 4"),
+    (["algo=interleaved1f1b", "batch_size=10", "microbatches=5"], "multiple of its rounds"),
+    (["algo=interleaved1f1b", "compile=true"], "compile=true with algo=interleaved1f1b"),
+    (["algo=zb", "partition=[1]"], "partition"),
+    (["algo=zbv", "replicas=2"], "replicas"),
+    (["algo=zbv", "diag_every=1"], "diag_every"),
+    (["algo=gpipe", "+algo.virtual=2"], "algo.virtual is not an option of algo=gpipe"),
+])
+def test_virtual_stage_refusals(overrides, match):
+    """What the virtual-stage schedules cannot do is refused at start-up with one message."""
+    from fr_dist.compose import compose
+    from fr_dist.config import validate
+
+    world = 4 if "replicas=2" in overrides else 2
+    with pytest.raises(FRError, match=match):
+        validate(compose(["splits=2", *MLP, *COMMON, *overrides]), world_size=world)
+
+
+def test_fewer_blocks_than_chunks_is_refused(tmp_path):
+    """splits x algo.virtual chunks need as many blocks: one message at start-up, from the build."""
+    from tests.ranks import run_ranks
+
+    overrides = MLP + COMMON + ["algo=interleaved1f1b", "algo.virtual=4", f"hydra.run.dir={tmp_path}"]
+    support.assert_one_clear_error(run_ranks(2, overrides), "splits x algo.virtual = 8 chunks")
