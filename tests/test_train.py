@@ -45,4 +45,4 @@ def test_dni_synth_that_does_not_fit_a_user_model(tmp_path):
     ranks = run_ranks(2, [*SMALL, "~model", "+model._target_=tests.models.test_models.tiny_net", "algo=dni",
                           "algo.synth=linear", f"hydra.run.dir={tmp_path}"], timeout=60)
     assert_one_clear_error(ranks, "algo.synth=linear makes a linear synthetic-gradient model, which needs (N, D) "
-                                  "features, but model=tests.models.test_models.tiny_net sends 4-D ones")
+                                  "or (N, T, D) features, but model=tests.models.test_models.tiny_net sends 4-D ones")
