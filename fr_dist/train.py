@@ -8,7 +8,6 @@ docs/DESIGN.md describes the schedule, the processes and the contracts.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -20,6 +19,7 @@ from fr_dist.build import build
 from fr_dist.compose import compose
 from fr_dist.config import Config, validate
 from fr_dist.errors import FRError
+from fr_dist.models.objective import perplexity
 from fr_dist.runtime import groups, loop
 from fr_dist.runtime.failures import Preempted, Stop, report
 from fr_dist.runtime.metrics import git_revision, stage_figures
@@ -136,7 +136,7 @@ def train(c: Config, raw, rt: groups.Runtime, run_dir: str | None, overrides: li
 def scores(plan, progress: Progress) -> dict:
     """The evaluation's keys of summary.json: a language model's loss and perplexity per token, or accuracy."""
     if plan.seq_len:
-        return {"val_loss": progress.val_loss, "val_ppl": math.exp(min(progress.val_loss, 700.0)),
+        return {"val_loss": progress.val_loss, "val_ppl": perplexity(progress.val_loss),
                 "best_val_loss": progress.best_val_loss}
     return {"test_acc": progress.test_acc, "best_test_acc": progress.best_test_acc}
 

@@ -15,6 +15,7 @@ import time
 import torch
 import torch.distributed as tdist
 
+from fr_dist.models.objective import perplexity
 from fr_dist.runtime import diagnostic
 from fr_dist.runtime.actions import eval_schedule, settle
 from fr_dist.runtime.failures import NonFinite, Preempted
@@ -54,7 +55,7 @@ def evaluate(plan: Plan, stage: Stage, progress: Progress, reporter, step: int) 
     if plan.seq_len:
         progress.val_loss = loss_sum / targets
         progress.best_val_loss = min(progress.val_loss, progress.best_val_loss or math.inf)
-        row.update(val_loss=progress.val_loss, val_ppl=math.exp(min(progress.val_loss, 700.0)))  # exp overflows
+        row.update(val_loss=progress.val_loss, val_ppl=perplexity(progress.val_loss))
     else:
         progress.test_acc = correct / targets
         progress.best_test_acc = max(progress.best_test_acc, progress.test_acc)

@@ -12,7 +12,6 @@ change it.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from fr_dist import data as datasets
 from fr_dist.compose import compose
 from fr_dist.config import validate
 from fr_dist.errors import FRError
-from fr_dist.models.objective import cross_entropy
+from fr_dist.models.objective import cross_entropy, perplexity
 from fr_dist.tools.export import load, plain_model
 
 
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if batches.tokens:
         loss = validation_loss(model, batches)
-        print(f"[evaluate] val_loss {loss:.4f} val_ppl {math.exp(min(loss, 700.0)):.4f} on "  # exp overflows
+        print(f"[evaluate] val_loss {loss:.4f} val_ppl {perplexity(loss):.4f} on "
               f"{batches.test_y.numel()} tokens ({len(batches.test_y)} windows) of {c.data.name}")
         return 0
     acc = accuracy(model, batches)
