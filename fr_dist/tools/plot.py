@@ -214,7 +214,7 @@ def _mean_curves(groups: dict[str, list[Run]], points) -> dict[str, tuple[list, 
     return curves
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,7 +226,7 @@ def _pyplot():
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -235,7 +235,7 @@ def _figure(path: Path, curves: dict[str, tuple[list, list]], xlabel: str, ylabe
     """One figure of `curves`; `perplexity`: the y values are losses per token, exp(y) is read on the right."""
     if not curves:
         return None
-    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     for label, (xs, ys) in curves.items():
         ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
     ax.set_xlabel(xlabel)
@@ -260,7 +260,7 @@ def _panels(path: Path, panels: dict[str, dict[str, tuple[list, list]]], xlabel:
         return _figure(path, next(iter(panels.values()), {}), xlabel, ylabel, title)
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = _pyplot().subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharex=True)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharex=True)
     for ax, (label, curves) in zip(axes.flat, panels.items()):
         for key, (xs, ys) in curves.items():
             ax.plot(xs, ys, label=key, linewidth=1.5 if key == ylabel else 1.0)

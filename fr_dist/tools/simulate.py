@@ -22,6 +22,16 @@ receive (blocks until the matching send arrived) and wait-for-own-send.
   micro-batch costs `mb_costs`) and link times L/M; with ``checkpoint=True`` a
   micro-batch's backward recomputes its forward: (F_k + B_k)/M. Each batch ends with the
   optimizer step, so batches do not overlap.
+- ``interleaved1f1b``, ``zb``, ``zbv`` and ``dualpipev`` (V chunks per rank, K x V
+  chunks cut uniformly as the runner cuts them) run the per-rank compute order that
+  torch's own schedule class computes (``fr_dist.tools.schedule_order``): a forward
+  waits for its input from the rank of the chunk before, a backward (full, or the
+  input-gradient half I) for the gradient from the chunk after, sends go without
+  waiting, one after another on a pair of ranks. A split backward prices I and W at
+  half the chunk's backward each (``w_share``); DualPipeV's overlapped forward and
+  backward run one after the other, as on a CPU. ``gpipe`` runs through the same path
+  with ``torch_order=True``, a check of both (1F1B cannot: Schedule1F1B reports an
+  order that is not the one its loop runs).
 
 The steady-state period is the mean iteration time over the middle of a long
 simulated run (warm-up and drain excluded), the largest over ranks. Not modelled:
@@ -34,9 +44,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fr_dist.algos import bp as _bp, fr as _fr
-from fr_dist.partition.cuts import _check, _link_at, pipeline_cuts, profiled_cuts
+from fr_dist.partition.cuts import _check, _link_at, pipeline_cuts, profiled_cuts, stage_cuts
 
-ALGOS = ("bp", "fr", "gpipe", "1f1b")
+VIRTUAL_ALGOS = ("interleaved1f1b", "zb", "zbv", "dualpipev")  # V chunks per rank, torch's own order
+ALGOS = ("bp", "fr", "gpipe", "1f1b", *VIRTUAL_ALGOS)
 
 
 @dataclass
@@ -102,8 +113,9 @@ def _stage_sums(costs, cuts):
             [sum(c[1] for c in costs[a:b]) for a, b in zip(cuts, cuts[1:])])
 
 
-def _action_programs(algo, F, B, L, T, load_s, step_s):
-    """Programs of fr / bp from their schedules. L[k]: link into stage k (L[0] unused)."""
+def _action_programs(algo, F, B, L, T, load_s, step_s, R=None):
+    """Programs of fr / bp from their schedules. L[k]: link into stage k (L[0] unused);
+    R[k]: FR's replay (default F[k] + B[k], the batch in one piece)."""
     module = _fr if algo == "fr" else _bp
     K = len(F)
     programs = []
@@ -123,7 +135,7 @@ def _action_programs(algo, F, B, L, T, load_s, step_s):
                 elif op == "backward":
                     prog.append(("r", ("g", k), a.batch))
                     if algo == "fr":  # replay: forward again, with a graph, then backward
-                        prog.append(("c", F[k] + B[k], f"R{a.batch}"))
+                        prog.append(("c", R[k] if R else F[k] + B[k], f"R{a.batch}"))
                     else:
                         prog.append(("c", B[k], f"B{a.batch}"))
                 elif op == "send_g":
@@ -237,24 +249,72 @@ def _pipe_programs(algo, F, B, L, T, M, load_s, step_s):
     return programs
 
 
+def _order_programs(algo, F, B, L, T, M, K, V, load_s, step_s, w_share):
+    """Programs of a schedule from torch's own compute order (see the module docstring).
+
+    F, B, L: per chunk (K x V of them, per micro-batch); L[s] is the link into chunk s.
+    """
+    from fr_dist.tools.schedule_order import chunk_owner, pipeline_order
+
+    order = pipeline_order(algo, K, V, M)
+    rank_of = chunk_owner(algo, K, V)
+    S = len(rank_of)
+    cost = {"F": F, "B": B, "I": [b * (1 - w_share) for b in B], "W": [b * w_share for b in B]}
+    programs = []
+    for r in range(K):
+        prog = []
+        for t in range(T):
+            if r == rank_of[0]:
+                prog.append(("c", load_s, f"L{t}"))
+            for kind, s, i in order[r]:
+                # the neighbour a forward reads from and writes to; a backward the other way round
+                src, dst = (s - 1, s + 1) if kind == "F" else (s + 1, s - 1)
+                link = "x" if kind == "F" else "g"
+                if kind != "W" and 0 <= src < S and rank_of[src] != r:
+                    prog.append(("r", (link, rank_of[src], r), (t, s, i)))
+                prog.append(("c", cost[kind][s], f"{kind}{s}:{t}.{i}"))
+                if kind != "W" and 0 <= dst < S and rank_of[dst] != r:
+                    prog.append(("s", (link, r, rank_of[dst]), (t, dst, i), L[max(s, dst)], False))
+            prog.append(("c", step_s, f"U{t}"))
+            prog.append(("m",))
+        programs.append(prog)
+    return programs
+
+
 def simulate(costs, K: int, link_s=0.0, algo: str = "fr", M: int = 4, cuts=None, mb_costs=None,
              checkpoint: bool = False, T: int | None = None, load_s: float = 0.0, step_s: float = 0.0,
-             keep_timeline: bool = False) -> SimResult:
-    """Event-simulate `algo` with K stages on boundaries `cuts` (default: the best for the algorithm)."""
+             keep_timeline: bool = False, V: int = 2, torch_order: bool = False,
+             w_share: float = 0.5, replay_chunks: int = 1) -> SimResult:
+    """Event-simulate `algo` with K stages on boundaries `cuts` (default: the best for the algorithm).
+
+    FR with `replay_chunks` > 1 replays the batch in that many slices, each costing a
+    slice's forward and backward (`mb_costs`, measured at the slice's size, or the batch's
+    costs scaled down). The schedules of VIRTUAL_ALGOS cut K x V chunks (`cuts` has K x V + 1 entries; default
+    uniform, as the runner cuts them). Raises ValueError where torch refuses the schedule
+    for this K, V and M.
+    """
     if algo not in ALGOS:
         raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
-    n = _check(costs, K)
+    virtual = algo in VIRTUAL_ALGOS
+    chunks = K * V if virtual else K
+    n = _check(costs, chunks)
     if cuts is None:
-        cuts = profiled_cuts(costs, K, link_s) if algo == "fr" else pipeline_cuts(costs, K, link_s)
+        cuts = (stage_cuts(n, chunks, "uniform") if virtual else
+                profiled_cuts(costs, K, link_s) if algo == "fr" else pipeline_cuts(costs, K, link_s))
     cuts = list(cuts)
-    if len(cuts) != K + 1 or cuts[0] != 0 or cuts[-1] != n:
-        raise ValueError(f"cuts {cuts} do not split {n} blocks into {K} stages")
+    if len(cuts) != chunks + 1 or cuts[0] != 0 or cuts[-1] != n:
+        raise ValueError(f"cuts {cuts} do not split {n} blocks into {chunks} chunks")
     L = [_link_at(link_s, c, n) for c in cuts[:-1]]
     L.append(0.0)
     T = T or max(48, 12 * K)
     if algo in ("fr", "bp"):
         F, B = _stage_sums(costs, cuts)
-        programs = _action_programs(algo, F, B, L, T, load_s, step_s)
+        R = None
+        if algo == "fr" and replay_chunks > 1:  # the replay in slices: M x a slice's forward and backward
+            Fs, Bs = _stage_sums(mb_costs, cuts) if mb_costs is not None else (
+                [f / replay_chunks for f in F], [b / replay_chunks for b in B])
+            R = [replay_chunks * (f + b) for f, b in zip(Fs, Bs)]
+        programs = _action_programs(algo, F, B, L, T, load_s, step_s, R)
     else:
         if mb_costs is not None:
             F, B = _stage_sums(mb_costs, cuts)
@@ -264,7 +324,10 @@ def simulate(costs, K: int, link_s=0.0, algo: str = "fr", M: int = 4, cuts=None,
         if checkpoint:
             B = [f + b for f, b in zip(F, B)]
         L = [l / M for l in L]  # a micro-batch's features are 1/M of the batch's
-        programs = _pipe_programs(algo, F, B, L, T, M, load_s, step_s)
+        if virtual or torch_order:
+            programs = _order_programs(algo, F, B, L, T, M, K, V if virtual else 1, load_s, step_s, w_share)
+        else:
+            programs = _pipe_programs(algo, F, B, L, T, M, load_s, step_s)
     marks, busy, timeline = run_programs(programs, keep_timeline)
     lo, hi = T // 4, (3 * T) // 4
     period = max((m[hi] - m[lo]) / (hi - lo) for m in marks)
@@ -280,9 +343,10 @@ def predict(costs, K: int, link_s=0.0, algo: str = "fr", M: int = 4, cuts=None, 
     """Steady-state seconds per iteration (batch) of `algo` with K stages.
 
     algo: "bp" (K = 1: one worker, sum of f + b; K > 1: model-parallel BP),
-    "fr", "gpipe", "1f1b" (M micro-batches; options: mb_costs, checkpoint).
-    `cuts` default to the best boundaries for the algorithm (FR's cost model for
-    fr, the largest f + b for the others).
+    "fr", "gpipe", "1f1b" (M micro-batches; options: mb_costs, checkpoint), and the
+    VIRTUAL_ALGOS (options also V, w_share). `cuts` default to the best boundaries
+    for the algorithm (FR's cost model for fr, the largest f + b for gpipe and
+    1f1b, uniform for the K x V chunks of the others).
     """
     return simulate(costs, K, link_s, algo, M, cuts, **options).period
 

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from fr_dist.errors import FRError
 from fr_dist.partition import predicted_stage_costs, profiled_cuts
 from fr_dist.tools.simulate import predict, scaling_table, simulate
 
@@ -101,3 +102,59 @@ def test_replicas_add_the_exposed_all_reduce_by_hand():
     assert predict_replicas(costs, 1, 1, [4000], 0.0, 1e3) == pytest.approx(3.0)
     # D = 2: 2 steps of 2000 bytes at 1e3 B/s = 4 s of all-reduce after the 3 s of compute
     assert predict_replicas(costs, 1, 2, [4000], 0.0, 1e3) == pytest.approx(7.0)
+
+
+# --- the schedules with virtual stages, run in torch's own order -------------------------------
+# Anchors from the schedules' papers, with equal chunks of forward f and backward b per micro-batch
+# and free links: interleaved 1F1B's batch takes M V (f + b) + (K - 1)(f + b) (Narayanan et al.
+# 2021, the bubble (K - 1)/V of a 1F1B stage's); ZB-V has no bubble when a forward, an input
+# gradient and a weight gradient cost the same (Qi et al. 2024), so a batch is M V (f + b).
+
+
+@pytest.mark.parametrize("K,M", [(2, 2), (2, 4), (2, 8), (4, 4), (4, 8), (4, 16)])
+def test_interleaved_1f1b_has_the_megatron_bubble(K, M):
+    V, f, b = 2, 1.0, 2.0
+    costs = [(f * M, b * M)] * (K * V)  # one block per chunk; the batch's costs, M micro-batches of them
+    assert predict(costs, K, 0.0, "interleaved1f1b", M=M, V=V) == pytest.approx(M * V * (f + b) + (K - 1) * (f + b))
+
+
+@pytest.mark.parametrize("K,M", [(2, 4), (2, 8), (4, 8), (4, 16)])
+def test_zbv_has_no_bubble_when_f_i_and_w_cost_the_same(K, M):
+    V, f, b = 2, 1.0, 2.0  # w_share 0.5: I = W = b / 2 = f
+    costs = [(f * M, b * M)] * (K * V)
+    assert predict(costs, K, 0.0, "zbv", M=M, V=V) == pytest.approx(M * V * (f + b))
+    # the zero-bubble schedules are between that and interleaved 1F1B, which cannot split its backward
+    for algo in ("zb", "dualpipev"):
+        s = predict(costs, K, 0.0, algo, M=M, V=V)
+        assert M * V * (f + b) - 1e-9 <= s <= M * V * (f + b) + (K - 1) * (f + b) + 1e-9
+
+
+@pytest.mark.parametrize("K,M", [(2, 4), (3, 6), (4, 8), (2, 2)])
+def test_gpipe_in_torchs_order_equals_the_hand_written_program(K, M):
+    rng = random.Random(K * 10 + M)
+    costs = [(rng.uniform(0.5, 1.5), rng.uniform(1.0, 3.0)) for _ in range(8)]
+    cuts = pipeline_cuts_for(costs, K)
+    by_hand = simulate(costs, K, 0.0, "gpipe", M, cuts=cuts)
+    torchs = simulate(costs, K, 0.0, "gpipe", M, cuts=cuts, torch_order=True)
+    assert torchs.period == pytest.approx(by_hand.period, rel=1e-12)
+
+
+def pipeline_cuts_for(costs, K):
+    from fr_dist.partition import pipeline_cuts
+
+    return pipeline_cuts(costs, K)
+
+
+def test_virtual_schedules_refuse_what_torch_refuses():
+    costs = [(1.0, 2.0)] * 8
+    with pytest.raises(ValueError, match="DualPipeV requires at least as many microbatches"):
+        predict(costs, 2, 0.0, "dualpipev", M=2, V=2)
+    with pytest.raises(FRError, match="3 blocks"):
+        predict([(1.0, 2.0)] * 3, 2, 0.0, "zbv", M=4, V=2)  # 4 chunks of 3 blocks
+
+
+def test_chunked_replay_costs_the_slices():
+    # stage 0 = blocks 0..2: forward 3, replay in 4 slices of 3 x (0.5 + 1) = 4 x 4.5 = 18; stage 1 = 5 x 3
+    costs, mb = [(1.0, 2.0)] * 8, [(0.5, 1.0)] * 8
+    assert predict(costs, 2, 0.0, "fr", cuts=[0, 3, 8], replay_chunks=4, mb_costs=mb) == pytest.approx(21.0)
+    assert predict(costs, 2, 0.0, "fr", cuts=[0, 3, 8], replay_chunks=4) == pytest.approx(15.0)  # scaled: 3 + 9

@@ -48,8 +48,22 @@ def parse(argv):
     p.add_argument("--log-every", type=int, default=5)
     p.add_argument("--workdir", default=None, help="run directories (default outputs/bench/DATE_TIME)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per job before it counts as failed")
+    p.add_argument("--frontier", action="store_true",
+                   help="the frontier instead: throughput against peak activation memory of FR (replay chunks) "
+                        "and every pipelining schedule, K = 2 (writes frontier.json and frontier.png)")
+    p.add_argument("--frontier-m", default=None,
+                   help="M of the frontier: micro-batches or replay chunks (default 1,2,4,8,16; quick 1,2)")
+    p.add_argument("--frontier-algos", default="fr,gpipe,1f1b,interleaved1f1b,zb,zbv,dualpipev",
+                   help="the algorithms on the frontier")
     p.add_argument("--burn", type=float, default=None, help=argparse.SUPPRESS)  # the contended profile's load
     a = p.parse_args(argv)
+    if a.frontier:  # one run per point (no rounds), no contended profile
+        a.no_contention = True
+        a.steps = a.steps or (8 if a.quick else 24)
+        a.out = "frontier.json" if a.out == "bench.json" else a.out
+        a.frontier_m = a.frontier_m or ("1,2" if a.quick else "1,2,4,8,16")
+        if a.quick:
+            a.scaling_models = ""
     if a.quick:
         a.repeats = a.repeats or 1
         a.steps = a.steps or 8
@@ -104,6 +118,10 @@ def main(argv=None) -> int:
     if a.burn is not None:
         burn(a.burn)
         return 0
+    if a.frontier:
+        from fr_dist.tools.bench import frontier
+
+        return frontier.run(a)
     names = [n for n in a.configs.split(",") if n]
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
