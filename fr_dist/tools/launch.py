@@ -102,7 +102,8 @@ def hydra_main(argv: list[str]) -> int:
     try:
         hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="launch")(_task)()
     except KeyboardInterrupt:
-        print("[launch] interrupted", file=sys.stderr)
+        print("[launch] interrupted: the same command again skips the finished points and resumes the rest",
+              file=sys.stderr)
         return 130
     except ValueError as e:  # Hydra's verdict on its flags, e.g. --cfg with -m
         print(f"[launch] error: {e}", file=sys.stderr)
@@ -189,11 +190,16 @@ def _task(cfg) -> None:
     run_point(cfg, overrides, Path(hc.runtime.output_dir), Path(hc.sweep.dir), int(hc.job.num))
 
 
+STOPPED_BY_SIGNAL = (128 + 2, 128 + 15)  # run_job's exit after SIGINT, SIGTERM
+
+
 def run_point(cfg, overrides: list[str], point_dir: Path, sweep_dir: Path, num: int) -> dict:
     """Train one sweep point in a subprocess, unless it finished earlier; its results row (also
     saved in the sweep directory).
 
-    Never raises: Hydra's basic sweeper stops the sweep at the first failed task.
+    Never raises but KeyboardInterrupt: Hydra's basic sweeper stops the sweep at the first
+    failed task. A point stopped by SIGINT or SIGTERM stops the sweep (a rerun resumes it),
+    also where this process did not see the signal (a background job ignores SIGINT).
     """
     point_dir, sweep_dir = point_dir.resolve(), sweep_dir.resolve()
     try:
@@ -226,6 +232,9 @@ def run_point(cfg, overrides: list[str], point_dir: Path, sweep_dir: Path, num: 
         if not fresh or (rc != 0 and row["status"] == "ok"):
             row["status"] = f"failed (exit {rc})"
         print(f"[launch] point {num}: {row['status']} ({time.perf_counter() - started:.1f} s)", flush=True)
+        if rc in STOPPED_BY_SIGNAL:  # the user (or the scheduler) stopped the job: stop the sweep, not just a point
+            _save_row(row, sweep_dir, num)
+            raise KeyboardInterrupt
     except FRError as e:
         row["status"] = f"config error: {e}"
         print(f"[launch] point {num}: error: {e}", file=sys.stderr, flush=True)

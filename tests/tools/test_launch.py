@@ -243,3 +243,20 @@ def test_rerun_env_runs_finished_points_afresh(finished_sweep, tmp_path):
     assert "finished earlier: skipped" not in proc.stdout and "resumed from" not in proc.stderr
     assert (point / "metrics.jsonl").stat().st_mtime_ns != earlier and loss_steps(point) == list(range(1, 9))
     assert_results_are_the_summaries(d, ["0"])
+
+
+def test_a_point_stopped_by_a_signal_stops_the_sweep(tmp_path, monkeypatch):
+    """run_job exits 130 / 143 after SIGINT / SIGTERM; the sweep then stops with the point's row saved (a
+    background sweep ignores SIGINT itself, so only the point's exit code tells). Other failures go on."""
+    from fr_dist.compose import compose
+    from fr_dist.tools import launch as launcher
+
+    cfg = compose(TINY)
+    for rc in (130, 143):
+        monkeypatch.setattr(launcher, "run_subprocess", lambda cmd, rc=rc: rc)
+        with pytest.raises(KeyboardInterrupt):
+            launcher.run_point(cfg, TINY, tmp_path / str(rc), tmp_path, rc)
+        row = json.loads((tmp_path / launcher.ROWS_DIR / f"{rc}.json").read_text())
+        assert row["status"] == f"failed (exit {rc})"
+    monkeypatch.setattr(launcher, "run_subprocess", lambda cmd: 1)
+    assert launcher.run_point(cfg, TINY, tmp_path / "1", tmp_path, 1)["status"] == "failed (exit 1)"
