@@ -146,7 +146,9 @@ def labels(runs: list[Run]) -> list[str]:
                if len({s[k] for s in settings if k in s} if from_config else {s.get(k) for s in settings}) > 1]
     out = []
     for r, s in zip(runs, settings):
-        extra = " ".join(f"{k}={s[k]}" for k in varying if k in s)
+        # a setting a run leaves unset (None: e.g. threads_per_rank, chosen at start-up) or a switch it
+        # leaves off names nothing: "fr K=4 algo.weight_prediction=True" beside "fr K=4"
+        extra = " ".join(f"{k}={s[k]}" for k in varying if k in s and s[k] not in (None, "None", False, "False"))
         out.append(f"{r.summary.get('algo', '?')} K={r.summary.get('splits', '?')}" + (f" {extra}" if extra else ""))
     return out
 

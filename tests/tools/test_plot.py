@@ -156,3 +156,13 @@ def test_line_table_of_language_models_by_hand(tmp_path):
     bp, ddg = mixed[3][2:8], mixed[4][2:8]
     assert bp == ["", *bp_cells, f"{bp_speed / 8:.0f}", f"{bp_speed:.0f}"]  # a language model has samples/s too
     assert ddg == ["0.5000", "", "", "", "30", ""]
+
+
+def test_labels_leave_out_a_setting_left_unset_or_off(tmp_path):
+    settings = [("fr", 2, "null", "false"), ("bp", 1, "2", "false"), ("fr", 2, "null", "true")]
+    for i, (algo, K, threads, wp) in enumerate(settings):
+        fake_run(tmp_path / str(i), algo, K, 0, diag=False)
+        (tmp_path / str(i) / ".hydra" / "config.yaml").write_text(
+            f"batch_size: 8\nthreads_per_rank: {threads}\nalgo:\n  weight_prediction: {wp}\n")
+    assert plot.labels(plot.find_runs(tmp_path)) == ["fr K=2", "bp K=1 threads_per_rank=2",
+                                                     "fr K=2 algo.weight_prediction=True"]

@@ -138,7 +138,7 @@ def plot_frontier(rows: list[dict], path: Path) -> Path:
     from fr_dist.tools.plot import pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     measured = [r for r in rows if r.get("samples_per_s")]
     for algo in dict.fromkeys(r["algo"] for r in measured):
         for recompute in (False, True):
@@ -159,7 +159,7 @@ def plot_frontier(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel("samples/s (training)")
     ax.set_title("Throughput against memory, K = 2 (labels: M micro-batches or replay chunks)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the points fill the axes
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
