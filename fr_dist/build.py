@@ -274,6 +274,7 @@ def build(c: Config, raw, rt: Runtime, run_dir: str | None, overrides: list[str]
             "batch_size": c.batch_size, "steps": T, "in_shape": list(in_shape), "classes": classes, "tokens": tokens}
     if virtual:  # the rank's blocks are its chunks' ([start, end) each; "blocks": the first), not one range
         meta["chunks"] = [[cuts[i], cuts[i + 1]] for i, _ in chunks]
+        meta["algo.virtual"] = c.algo.virtual  # a resume with another V would load other chunks
     plan = Plan(algo, T, steps_per_epoch, test_batches, cuts, path, meta, in_shape[-1] if tokens else 0)
     stage = Stage(rt, module, optimizer, engine, lr_of, pipeline)
     if c.compile:  # every graph compiled now, on every rank at once: none of it is training time

@@ -20,7 +20,8 @@ from fr_dist.runtime.groups import agree
 from fr_dist.runtime.state import Plan, Progress, Stage
 
 # What a checkpoint must share with the run that resumes it.
-IDENTITY = ("format", "algo", "splits", "replicas", "model", "stage", "blocks", "batch_size", "steps")
+IDENTITY = ("format", "algo", "algo.virtual", "splits", "replicas", "model", "stage", "blocks", "batch_size",
+            "steps")  # algo.virtual: only the schedules with virtual stages record it
 FORMAT = 2  # 2: the receiver holds the error gradient that crosses the cut (1: its sender did)
 
 def save(plan: Plan, stage: Stage, progress: Progress, keep: int, t: int, finished: bool = False) -> None:
@@ -89,7 +90,7 @@ def resume(plan: Plan, stage: Stage, progress: Progress, reporter, resume_from: 
     tried = together(rt, checkpoint.candidates, resume_from, plan.run_dir)
     for i, directory in enumerate(tried):
         state, shared, problem = None, None, None
-        expect = {key: plan.meta[key] for key in IDENTITY}
+        expect = {key: plan.meta.get(key) for key in IDENTITY}
         try:
             state = checkpoint.load_stage(directory, rt.stage, expect, rt.replica)
             shared = state if rt.replica == 0 else checkpoint.load_stage(directory, rt.stage, expect)

@@ -274,3 +274,16 @@ def test_fewer_blocks_than_chunks_is_refused(tmp_path):
 
     overrides = MLP + COMMON + ["algo=interleaved1f1b", "algo.virtual=4", f"hydra.run.dir={tmp_path}"]
     support.assert_one_clear_error(run_ranks(2, overrides), "splits x algo.virtual = 8 chunks")
+
+
+def test_resume_with_other_virtual_stages_is_refused(tmp_path):
+    """A checkpoint of V = 2 chunks per rank holds other blocks than V = 3 would: one message naming algo.virtual."""
+    from tests.ranks import run_ranks
+
+    overrides = ["model=mlp", "model.hidden=[8,8,8,8,8]", "model.dropout=0.0", "data.shape=[1,5,5]", "data.classes=4",
+                 "data=synthetic", "data.train_size=32", "data.test_size=8", "batch_size=8", "epochs=1", *COMMON,
+                 "algo=interleaved1f1b", "microbatches=4", "max_steps=2"]
+    distributed(2, [*overrides, "algo.virtual=2"], tmp_path / "a")
+    ranks = run_ranks(2, [*overrides, "algo.virtual=3", f"resume={tmp_path / 'a' / 'checkpoints'}",
+                          f"hydra.run.dir={tmp_path / 'b'}"], timeout=120)
+    support.assert_one_clear_error(ranks, "was made with algo.virtual=2, this run has algo.virtual=3")
