@@ -17,8 +17,10 @@ workers persist across restarts, so an evaluation does not start processes.
 
 from __future__ import annotations
 
+import sys
 import traceback
 import weakref
+from contextlib import contextmanager
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -103,8 +105,33 @@ class Reader:
         raise FRError(f"{self.what} batch {b} failed: {why}; fix the dataset (its __getitem__) and run again")
 
     def close(self) -> None:
-        self.stream = self.loader = None  # the last references: the iterator shuts its workers down
+        with quiet_worker_exit():
+            self.stream = self.loader = None  # the last references: the iterator shuts its workers down
         self.held = None, None
+
+
+def _killed_worker(unraisable) -> bool:
+    """A DataLoader iterator's __del__ that saw a worker die while it shut them down."""
+    return (isinstance(unraisable.exc_value, RuntimeError) and "DataLoader worker" in str(unraisable.exc_value)
+            and getattr(unraisable.object, "__qualname__", "").endswith("__del__"))
+
+
+@contextmanager
+def quiet_worker_exit():
+    """Closing after a failed read, a rank waits for its workers; a peer's failure meanwhile makes torchrun
+    terminate them, and the iterator's __del__ then reports their deaths as an ignored exception with a
+    traceback. That death is expected and the rank's error is already said: drop exactly that report."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _killed_worker(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 class DatasetBatches(BatchOrder):

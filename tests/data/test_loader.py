@@ -212,3 +212,26 @@ def test_custom_keys_reach_fn():
                                 "data.prefetch_factor=3")), world_size=1)
     assert (c.data.name, c.data.workers, c.data.prefetch_factor) == ("custom", 0, 3)
     assert c.data.args == dict(shape=SHAPE, classes=CLASSES, train_size=TRAIN, test_size=TEST, seed=SEED)
+
+
+def test_closing_drops_only_the_report_of_a_killed_worker(monkeypatch):
+    """torchrun may terminate a failing rank's workers while its loader joins them; the iterator's __del__ then
+    reports their deaths with a traceback. Inside quiet_worker_exit exactly that report is dropped."""
+    import sys
+
+    from fr_dist.data.loader import quiet_worker_exit
+
+    class Dying:  # stands in for _MultiProcessingDataLoaderIter, whose __del__ raises in the SIGCHLD handler
+        def __init__(self, message):
+            self.message = message
+
+        def __del__(self):
+            raise RuntimeError(self.message)
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+    with quiet_worker_exit():
+        Dying("DataLoader worker (pid 3095) is killed by signal: Terminated. ")
+        Dying("something else")
+    Dying("DataLoader worker (pid 1) is killed by signal: Terminated. ")  # outside: reported as before
+    assert seen == ["something else", "DataLoader worker (pid 1) is killed by signal: Terminated. "]
