@@ -8,6 +8,7 @@
 #   seed<N>-wp      fr with weight prediction at K=2,3,4
 #   seed<N>-wp-spike fr with weight prediction and spike compensation at K=2,3,4
 #   long/           fr K=4 with weight prediction, 10 epochs (bp and plain fr: launch/study.sh)
+# then the figures of docs/RESULTS.md (docs/staleness/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/install.sh
@@ -28,4 +29,4 @@ for seed in 0 1 2; do
   fi
 done
 .venv/bin/python -m fr_dist.plot "$OUT/accuracy" --out docs/staleness
-.venv/bin/python -m fr_dist.plot "$OUT/long" --out docs/staleness/long
+.venv/bin/python -m fr_dist.plot "$OUT/long"  # one run: its table, figures beside it
