@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from fr_dist.algos.pipe import SCHEDULES
+from fr_dist.algos.pipe import SCHEDULES, SINGLE
 from fr_dist.algos.placement import chunks_of, owner
 
 # torch's computation types the simulator prices; the rest (gradient reduction, FSDP's
@@ -76,7 +76,7 @@ def pipeline_order(schedule: str, K: int, V: int, M: int) -> tuple[tuple[tuple[s
         raise ValueError("torch's pipeline_order of Schedule1F1B is not the order it runs: use _pipe_programs")
     cls_name, placement = SCHEDULES[schedule]
     cls = getattr(pipelining, cls_name)
-    V = V if cls_name not in ("ScheduleGPipe", "Schedule1F1B") else 1
+    V = 1 if schedule in SINGLE else V
     rank_chunks = chunks_of(0, K, V, placement)
     stages = [_stand_in_stage(c, K * V, 0, K) for c in rank_chunks]
     sched = cls(stages[0] if V == 1 else stages, M, loss_fn=lambda out, y: out)
@@ -87,5 +87,5 @@ def pipeline_order(schedule: str, K: int, V: int, M: int) -> tuple[tuple[tuple[s
 def chunk_owner(schedule: str, K: int, V: int) -> list[int]:
     """The rank of each of the K x V chunks under the schedule's placement."""
     placement = SCHEDULES[schedule][1]
-    V = V if schedule not in ("gpipe", "1f1b") else 1
+    V = 1 if schedule in SINGLE else V
     return [owner(c, K, placement) for c in range(K * V)]

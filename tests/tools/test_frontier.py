@@ -54,7 +54,7 @@ def test_refusal_and_table():
     assert "| fr replay_chunks=1 | 120.0 | 100/50 | 100 | **yes** | 150.0 | 80% |" in text
     assert "| 1f1b M=1 | did not run: 1f1b needs microbatches >= splits |" in text
     table = frontier.format_predictions({4: {"fr replay_chunks=1": 3.0, "zbv M=1": None},
-                                         8: {"fr replay_chunks=1": 5.5, "zbv M=1": 4.25}}, [1])
+                                         8: {"fr replay_chunks=1": 5.5, "zbv M=1": 4.25}})
     assert "| zbv M=1 |  | 4.25x |" in table and "| fr replay_chunks=1 | 3.00x | 5.50x |" in table
 
 
@@ -62,11 +62,11 @@ def test_prediction_of_a_point_follows_the_simulator():
     from fr_dist.tools.simulate import predict
 
     costs, mb = [(1.0, 2.0)] * 8, {1: [(1.0, 2.0)] * 8, 4: [(0.3, 0.6)] * 8}
-    assert frontier.predict_point(Point("zbv", 4), 2, costs, mb.get, 0.0) == pytest.approx(
+    assert frontier.predict_point(Point("zbv", 4), 2, 128, costs, mb.get, 0.0) == pytest.approx(
         predict(costs, 2, 0.0, "zbv", M=4, V=2, mb_costs=mb[4]))
-    assert frontier.predict_point(Point("dualpipev", 1), 2, costs, mb.get, 0.0) is None  # M < 2K
-    assert frontier.predict_point(Point("1f1b", 1), 2, costs, mb.get, 0.0) is None  # M < K: refused
-    assert frontier.predict_point(Point("fr", 4), 2, costs, mb.get, 0.0, [0, 3, 8]) == pytest.approx(
+    assert frontier.predict_point(Point("dualpipev", 1), 2, 128, costs, mb.get, 0.0) is None  # M < 2K
+    assert frontier.predict_point(Point("1f1b", 1), 2, 128, costs, mb.get, 0.0) is None  # M < K: refused
+    assert frontier.predict_point(Point("fr", 4), 2, 128, costs, mb.get, 0.0, [0, 3, 8]) == pytest.approx(
         predict(costs, 2, 0.0, "fr", cuts=[0, 3, 8], replay_chunks=4, mb_costs=mb[4]))
 
 

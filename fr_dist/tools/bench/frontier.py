@@ -22,11 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fr_dist.algos.pipe import SCHEDULES, SINGLE
+from fr_dist.config import SPLIT_BACKWARD, check_microbatches
 from fr_dist.errors import FRError
 
-PIPELINES = ("gpipe", "1f1b", "interleaved1f1b", "zb", "zbv", "dualpipev")
-RECOMPUTE = ("gpipe", "1f1b", "interleaved1f1b")  # the split-backward schedules refuse algo.checkpoint
-VIRTUAL = ("interleaved1f1b", "zb", "zbv", "dualpipev")
+PIPELINES = tuple(SCHEDULES)
 V = 2  # chunks per rank of the virtual schedules (zbv and dualpipev take exactly 2)
 
 
@@ -52,33 +52,33 @@ class Point:
         if self.algo == "fr":
             return out + [f"algo.replay_chunks={self.M}", f"partition=[{fr_cut}]"]
         out += [f"microbatches={self.M}", f"algo.checkpoint={str(self.recompute).lower()}"]
-        return out + ([f"algo.virtual={V}"] if self.algo in VIRTUAL else [f"partition=[{pipe_cut}]"])
+        return out + ([f"partition=[{pipe_cut}]"] if self.algo in SINGLE else [f"algo.virtual={V}"])
 
 
 def points(Ms, algos=("fr", *PIPELINES)) -> list[Point]:
-    """Every point of `algos` with each M of `Ms`, recompute off and (where allowed) on."""
+    """Every point of `algos` with each M of `Ms`, recompute off and on (the split-backward schedules refuse it)."""
     unknown = [a for a in algos if a not in ("fr", *PIPELINES)]
     if unknown:
         raise FRError(f"the frontier takes fr and {', '.join(PIPELINES)}, not {', '.join(unknown)}")
     out = []
     for algo in algos:
-        out += [Point(algo, M, r) for r in ((False, True) if algo in RECOMPUTE else (False,)) for M in Ms]
+        recompute = (False,) if algo == "fr" or algo in SPLIT_BACKWARD else (False, True)
+        out += [Point(algo, M, r) for r in recompute for M in Ms]
     return out
 
 
-def predict_point(p: Point, K: int, costs, mb_costs_of, links, cuts=None) -> float | None:
-    """The simulator's s/batch for `p` with K stages; None where torch or the simulator refuses it."""
+def predict_point(p: Point, K: int, batch_size: int, costs, mb_costs_of, links, cuts=None) -> float | None:
+    """The simulator's s/batch for `p` with K stages; None where the trainer, torch or the simulator refuses it."""
     from fr_dist.tools.simulate import predict
 
     mb = mb_costs_of(p.M)
     try:
         if p.algo == "fr":
             return predict(costs, K, links, "fr", cuts=cuts, replay_chunks=p.M, mb_costs=mb)
-        if p.algo == "1f1b" and p.M < K:
-            return None  # the trainer refuses it (check_microbatches)
-        return predict(costs, K, links, p.algo, M=p.M, cuts=None if p.algo in VIRTUAL else cuts, mb_costs=mb,
+        check_microbatches(p.algo, p.M, batch_size, K, 1 if p.algo in SINGLE else V)  # the trainer's own rules
+        return predict(costs, K, links, p.algo, M=p.M, cuts=cuts if p.algo in SINGLE else None, mb_costs=mb,
                        checkpoint=p.recompute, V=V)
-    except (ValueError, FRError):  # torch's refusal (e.g. DualPipeV with M < 2K), too few blocks for K x V chunks
+    except (ValueError, FRError):  # a refused M, torch's refusal, too few blocks for K x V chunks
         return None
 
 
@@ -123,7 +123,7 @@ def format_frontier(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_predictions(table: dict, Ms) -> str:
+def format_predictions(table: dict) -> str:
     """Rows of {K: {label: speedup}}: the predicted speedup over one-worker BP per point and K."""
     Ks = sorted(table)
     labels = list(dict.fromkeys(lbl for K in Ks for lbl in table[K]))
@@ -167,31 +167,33 @@ def plot_frontier(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def _profiles(model: str, a, Ms) -> tuple[list, dict]:
-    """The profile at the batch size, and one per micro-batch size batch / M."""
+def _costs_by_m(model: str, a, Ms, known: dict) -> dict:
+    """{M: block costs profiled at batch / M}, each size profiled once; `known`: {size: costs} already profiled."""
     from fr_dist.tools.bench.profiling import profile
 
-    full = profile(model, a.shape, a.batch_size, a.warmup, a.iters)
-    sizes = sorted({a.batch_size // M for M in Ms if M > 1})
-    by_size = {s: profile(model, a.shape, s, a.warmup, a.iters).costs for s in sizes}
-    by_size[a.batch_size] = full.costs
-    return full, {M: by_size[a.batch_size // M] for M in Ms}
+    by_size = dict(known)
+    for size in sorted({a.batch_size // M for M in Ms} - set(by_size)):
+        by_size[size] = profile(model, a.shape, size, a.warmup, a.iters).costs
+    return {M: by_size[a.batch_size // M] for M in Ms}
 
 
 def predicted_scaling(a, Ms, algos, Ks=(4, 8)) -> dict:
     """{model: {K: {label: predicted speedup over one-worker BP}}} on `a.scaling_models`' first model."""
+    from fr_dist.tools.bench.profiling import profile
+
     models = [m for m in a.scaling_models.split(",") if m][:1]
     out = {}
     for model in models:
         print(f"[bench] profiling {model} at batch {a.batch_size} and its micro-batch sizes for K = "
               f"{', '.join(map(str, Ks))}", flush=True)
-        full, mb = _profiles(model, a, Ms)
+        full = profile(model, a.shape, a.batch_size, a.warmup, a.iters)
+        mb = _costs_by_m(model, a, Ms, {a.batch_size: full.costs})
         bp1 = sum(f + b for f, b in full.costs)
         out[model] = {}
         for K in Ks:
             row = {}
             for p in points(Ms, algos):
-                s = predict_point(p, K, full.costs, mb.get, full.link_costs())
+                s = predict_point(p, K, a.batch_size, full.costs, mb.get, full.link_costs())
                 row[p.label] = None if s is None else bp1 / s
             out[model][K] = row
     return out
@@ -215,8 +217,8 @@ def run(a) -> int:
     except (ValueError, FRError) as e:
         print(f"[bench] error: --frontier-m {a.frontier_m} --frontier-algos {a.frontier_algos}: {e}", file=sys.stderr)
         return 1
-    pl = plan(a, ["fr2"])
-    full, mb = _profiles(a.model, a, Ms)
+    pl = plan(a, ["fr2"])  # profiles the batch and batch / --microbatches: reused below
+    mb = _costs_by_m(a.model, a, Ms, {a.batch_size: pl.costs, a.batch_size // a.microbatches: pl.mb_costs})
     workdir = Path(a.workdir or datetime.now().strftime("outputs/bench/frontier_%Y-%m-%d_%H-%M-%S")).resolve()
     base = common_overrides(a)
     rows = []
@@ -226,7 +228,7 @@ def run(a) -> int:
         if row.get("disturbed"):  # one run per point: keep it, marked in the table
             row["samples_per_s"] = row.pop("measured_samples_per_s", None)
         cuts = pl.fr_cuts if p.algo == "fr" else pl.pipe_cuts
-        s = predict_point(p, 2, full.costs, mb.get, full.link_costs(), cuts)
+        s = predict_point(p, 2, a.batch_size, pl.costs, mb.get, pl.links, cuts)
         row["predicted_samples_per_s"] = None if s is None else a.batch_size / s
         if not row.get("error"):
             print(f"[bench] {n}/{len(todo)} {p.label}: {row['samples_per_s']} samples/s, peak "
@@ -246,7 +248,7 @@ def run(a) -> int:
             f"{a.steps} steps per point, one run each.", "", format_frontier(rows)]
     for model, table in scaling.items():
         text += [f"Predicted speedup over one-worker BP, {model} (simulator, profiled costs at each micro-batch "
-                 f"size):", "", format_predictions(table, Ms)]
+                 f"size):", "", format_predictions(table)]
     print("\n".join(text), flush=True)
     Path(a.out).write_text(json.dumps(out, indent=1, default=str) + "\n")
     png = plot_frontier(rows, Path(a.out).with_suffix(".png"))
